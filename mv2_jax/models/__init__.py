@@ -1,0 +1,1 @@
+"""Flax (linen) models, channels-last, with diffusers' / transformers' names and configs."""

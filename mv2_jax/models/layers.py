@@ -1,0 +1,165 @@
+"""Parameterised building blocks with logical axis names on every param.
+
+Every model in `mv2_jax.models` builds its Dense / Conv / norm / embedding layers through these
+factories, so that params carry logical names (`embed`, `heads`, `mlp`, `conv_in`, `conv_out`,
+`norm`, `vocab`) which `mv2_jax.parallel` maps to mesh axes by rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+Dtype = Any
+
+# PyTorch's default init is close enough for training from scratch; converted weights overwrite it.
+_KERNEL_INIT = nn.initializers.lecun_normal()
+
+
+def _named(init, axes: Sequence[str | None]):
+    return nn.with_logical_partitioning(init, tuple(axes))
+
+
+def dense(
+    features: int,
+    axes: tuple[str | None, str | None] = ("embed", "embed"),
+    *,
+    use_bias: bool = True,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    kernel_init=_KERNEL_INIT,
+    name: str | None = None,
+) -> nn.Dense:
+    """A Dense layer whose kernel `[in, out]` carries the logical names `axes`."""
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=_named(kernel_init, axes),
+        bias_init=_named(nn.initializers.zeros_init(), axes[1:]),
+        name=name,
+    )
+
+
+def conv(
+    features: int,
+    kernel_size: int | Sequence[int] = 3,
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: int | str | Sequence[tuple[int, int]] = 1,
+    axes: tuple[str | None, str | None] = ("conv_in", "conv_out"),
+    use_bias: bool = True,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    kernel_init=_KERNEL_INIT,
+    name: str | None = None,
+) -> nn.Conv:
+    """An N-d convolution, channels-last, kernel `[*window, in, out]` as in PyTorch's padding."""
+    if isinstance(kernel_size, int):
+        kernel_size = (kernel_size, kernel_size)
+    rank = len(kernel_size)
+    if isinstance(strides, int):
+        strides = (strides,) * rank
+    if isinstance(padding, int):
+        padding = ((padding, padding),) * rank
+    return nn.Conv(
+        features,
+        kernel_size=tuple(kernel_size),
+        strides=tuple(strides),
+        padding=padding,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=_named(kernel_init, (None,) * rank + tuple(axes)),
+        bias_init=_named(nn.initializers.zeros_init(), axes[1:]),
+        name=name,
+    )
+
+
+def group_norm(
+    num_groups: int,
+    epsilon: float,
+    *,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.GroupNorm:
+    """GroupNorm with PyTorch's (two-pass) variance; statistics are always taken in fp32."""
+    return nn.GroupNorm(
+        num_groups=num_groups,
+        epsilon=epsilon,
+        use_scale=use_scale,
+        use_bias=use_bias,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=_named(nn.initializers.ones_init(), ("norm",)),
+        bias_init=_named(nn.initializers.zeros_init(), ("norm",)),
+        name=name,
+    )
+
+
+def layer_norm(
+    epsilon: float = 1e-5,
+    *,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.LayerNorm:
+    """LayerNorm over the last axis with PyTorch's (two-pass) variance."""
+    return nn.LayerNorm(
+        epsilon=epsilon,
+        use_scale=use_scale,
+        use_bias=use_bias,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=_named(nn.initializers.ones_init(), ("norm",)),
+        bias_init=_named(nn.initializers.zeros_init(), ("norm",)),
+        name=name,
+    )
+
+
+def embed(
+    num_embeddings: int,
+    features: int,
+    axes: tuple[str | None, str | None] = ("vocab", "embed"),
+    *,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.Embed:
+    """A lookup table `[num_embeddings, features]`."""
+    return nn.Embed(
+        num_embeddings,
+        features,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        embedding_init=_named(nn.initializers.normal(stddev=0.02), axes),
+        name=name,
+    )
+
+
+def activation(name: str):
+    """The activation functions diffusers / transformers name in their configs."""
+    table = {
+        "silu": nn.silu,
+        "swish": nn.silu,
+        "gelu": lambda x: nn.gelu(x, approximate=False),
+        "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+        "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+        "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x),
+        "mish": lambda x: x * jnp.tanh(nn.softplus(x)),
+        "relu": nn.relu,
+    }
+    if name not in table:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(table)}")
+    return table[name]

@@ -1,0 +1,1 @@
+"""PyTorch → Flax weights: safetensors IO, declarative key mappings, component loading."""

@@ -1,0 +1,74 @@
+"""`load_component`: a diffusers / transformers component folder → (linen module, params).
+
+Reads `config.json` plus `*.safetensors` (single, sharded, fp16/bf16 variants) with numpy only,
+or the orbax form written by `convert/to_flax.py` (`config.json` + `params/`). No torch import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mv2_jax.weights.mapping import convert_state_dict
+from mv2_jax.weights.registry import family_for, param_shapes
+from mv2_jax.weights.safetensors_io import read_weights_folder
+
+ORBAX_PARAMS_DIR = "params"
+
+
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """`config.json` of a component folder, with errors that say what to point at instead."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise NotADirectoryError(
+            f"{folder}: expected a component folder (config.json + weights), "
+            "got a file; single-file checkpoints go through convert/to_flax.py"
+        )
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        if (folder / "model_index.json").exists():
+            subs = sorted(p.name for p in folder.iterdir() if (p / "config.json").exists())
+            raise FileNotFoundError(
+                f"{folder} is a pipeline folder; load one of its components "
+                f"({', '.join(subs)}) or use mv2_jax.load_pipeline"
+            )
+        raise FileNotFoundError(
+            f"{folder}: no config.json; point at a diffusers/transformers "
+            "component folder (e.g. .../unet or .../text_encoder)"
+        )
+    try:
+        return json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path}: not valid JSON ({e})") from e
+
+
+def build_module(config: dict[str, Any], dtype=jnp.float32, where: str = "config.json"):
+    """(module, family) for a config; params in `dtype`, compute in `dtype`."""
+    _, family = family_for(config, where)
+    return family.build(config, dtype), family
+
+
+def load_component(path: str | os.PathLike, dtype=jnp.float32) -> tuple[nn.Module, dict]:
+    """Load a component folder. Returns `(module, params)`; call
+    `module.apply({"params": params}, ...)` with the contract signatures of DESIGN.md."""
+    folder = Path(path)
+    config = read_config(folder)
+    module, family = build_module(config, dtype, where=str(folder / "config.json"))
+    shapes = param_shapes(module, family)
+    if (folder / ORBAX_PARAMS_DIR).is_dir():
+        from mv2_jax.weights.orbax_io import restore_params
+
+        params = restore_params(folder / ORBAX_PARAMS_DIR, shapes, dtype=dtype)
+    else:
+        state = read_weights_folder(folder, family.weights_stem)
+        params = convert_state_dict(state, shapes, family.rules, dtype=dtype, what=str(folder))
+        params = jax.tree.map(jnp.asarray, params)
+    return module, params

@@ -1,0 +1,116 @@
+"""Reading `.safetensors` files (single or sharded) into numpy, bf16 included, without torch.
+
+The `safetensors` package's numpy backend rejects bf16, so the (simple, documented) format is
+read here: an 8-byte little-endian header length, a JSON header, then raw tensor bytes. Files are
+memory-mapped, so a multi-GB checkpoint is not copied until a tensor is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+class CheckpointFileError(ValueError):
+    """A weights file that cannot be read: truncated, corrupt, or of an unknown format."""
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of one `.safetensors` file, as (memory-mapped) numpy arrays."""
+    path = Path(path)
+    size = path.stat().st_size
+    fix = "re-download or re-convert the file"
+    if size < 8:
+        raise CheckpointFileError(
+            f"{path}: {size} bytes is too short for a safetensors file; {fix}"
+        )
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > size - 8:
+            raise CheckpointFileError(
+                f"{path}: header claims {header_len} bytes but the file has {size}; "
+                f"the file is truncated or not safetensors; {fix}"
+            )
+        try:
+            header = json.loads(f.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointFileError(f"{path}: unreadable safetensors header ({e}); {fix}") from e
+    header.pop("__metadata__", None)
+    data_start = 8 + header_len
+    end = max((info["data_offsets"][1] for info in header.values()), default=0)
+    if data_start + end > size:
+        raise CheckpointFileError(
+            f"{path}: truncated: tensors need {data_start + end} bytes, the file has {size}; {fix}"
+        )
+    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=data_start, shape=(size - data_start,))
+    tensors = {}
+    for name, info in header.items():
+        if info["dtype"] not in _DTYPES:
+            raise CheckpointFileError(
+                f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}"
+            )
+        dtype = np.dtype(_DTYPES[info["dtype"]])
+        start, stop = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if (stop - start) != int(np.prod(shape)) * dtype.itemsize:
+            raise CheckpointFileError(f"{path}: tensor {name!r} has inconsistent byte range; {fix}")
+        tensors[name] = raw[start:stop].view(dtype).reshape(shape)
+    return tensors
+
+
+def read_weights_folder(folder: str | os.PathLike, stem: str) -> dict[str, np.ndarray]:
+    """The tensors of a component folder: `{stem}.safetensors`, or the shards listed in
+    `{stem}.safetensors.index.json`; precision variants like `{stem}.fp16.safetensors` too."""
+    folder = Path(folder)
+    candidates = [folder / f"{stem}.safetensors"]
+    candidates += sorted(folder.glob(f"{stem}.*.safetensors"))
+    index_files = [folder / f"{stem}.safetensors.index.json"]
+    index_files += sorted(folder.glob(f"{stem}.safetensors.index.*.json"))
+    index_files += sorted(folder.glob(f"{stem}.*.safetensors.index.json"))
+    for index in index_files:
+        if index.exists():
+            return _read_sharded(index)
+    for file in candidates:
+        if file.exists() and "-of-" not in file.name:
+            return read_safetensors(file)
+    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    raise FileNotFoundError(
+        f"{folder}: no {stem}.safetensors (or sharded index) found; files here: {present}. "
+        "Point at a component folder (e.g. pipeline/unet), or convert .bin/.ckpt weights with "
+        "`python convert/to_flax.py`."
+    )
+
+
+def _read_sharded(index_path: Path) -> dict[str, np.ndarray]:
+    index = json.loads(index_path.read_text())
+    weight_map: dict[str, str] = index["weight_map"]
+    tensors: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index_path.parent / shard
+        if not shard_path.exists():
+            raise CheckpointFileError(f"{index_path}: shard {shard} is listed but missing")
+        tensors.update(read_safetensors(shard_path))
+    missing = sorted(set(weight_map) - set(tensors))
+    if missing:
+        raise CheckpointFileError(
+            f"{index_path}: tensors listed but absent from shards: {missing[:10]}"
+        )
+    return tensors
