@@ -145,15 +145,16 @@ class UNet2DConditionModel(nn.Module):
             ] * 4, self.block_out_channels[0]
         raise ValueError(f"time_embedding_type {self.time_embedding_type!r}")
 
-    def _time_proj(self, t: jax.Array, input_dim: int) -> jax.Array:
+    def _time_proj(self, input_dim: int):
+        """`[N] → [N, input_dim]` fp32 features of timesteps (also of class labels, "timestep")."""
         if self.time_embedding_type == "fourier":
             return GaussianFourierProjection(
                 input_dim // 2,
                 flip_sin_to_cos=self.flip_sin_to_cos,
                 param_dtype=self.param_dtype,
                 name="time_proj",
-            )(t)
-        return timestep_embedding(
+            )
+        return lambda t: timestep_embedding(
             t, input_dim, flip_sin_to_cos=self.flip_sin_to_cos, downscale_freq_shift=self.freq_shift
         )
 
@@ -170,7 +171,8 @@ class UNet2DConditionModel(nn.Module):
         batch = sample.shape[0]
         time_dim, input_dim = self._time_embed_dims()
         t = jnp.broadcast_to(jnp.asarray(timesteps, jnp.float32).reshape(-1), (batch,))
-        t_emb = self._time_proj(t, input_dim).astype(self.dtype)
+        time_proj = self._time_proj(input_dim)
+        t_emb = time_proj(t).astype(self.dtype)
         emb = TimestepEmbedding(
             time_dim,
             act_fn=self.act_fn,
@@ -179,7 +181,7 @@ class UNet2DConditionModel(nn.Module):
             name="time_embedding",
             **kw,
         )(t_emb, timestep_cond)
-        class_emb = self._class_embed(class_labels, time_dim, input_dim)
+        class_emb = self._class_embed(class_labels, time_dim, time_proj)
         if class_emb is not None:
             class_emb = class_emb.astype(emb.dtype)
             emb = (
@@ -213,7 +215,7 @@ class UNet2DConditionModel(nn.Module):
             )
         return emb, encoder_hidden_states
 
-    def _class_embed(self, class_labels, time_dim, input_dim):
+    def _class_embed(self, class_labels, time_dim, time_proj):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         kind = self.class_embed_type
         if kind is None and self.num_class_embeds is None:
@@ -227,12 +229,7 @@ class UNet2DConditionModel(nn.Module):
                 class_labels
             )
         if kind == "timestep":
-            labels = timestep_embedding(
-                jnp.asarray(class_labels).reshape(-1),
-                input_dim,
-                flip_sin_to_cos=self.flip_sin_to_cos,
-                downscale_freq_shift=self.freq_shift,
-            ).astype(self.dtype)
+            labels = time_proj(jnp.asarray(class_labels).reshape(-1)).astype(self.dtype)
             return TimestepEmbedding(time_dim, act_fn=self.act_fn, name="class_embedding", **kw)(
                 labels
             )
