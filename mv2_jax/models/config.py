@@ -43,8 +43,8 @@ def module_from_config(
             allowed = allowed if isinstance(allowed, tuple) else (allowed,)
             if _tupled(value) not in allowed:
                 raise NotImplementedError(
-                    f"{cls.__name__}: config sets {key}={value!r}, which mv2_jax does not implement "
-                    f"(supported: {allowed}). Remove the key if the checkpoint does not use it."
+                    f"{cls.__name__}: config sets {key}={value!r}, which mv2_jax does not "
+                    f"implement (supported: {allowed})."
                 )
         else:
             unknown.append(key)
