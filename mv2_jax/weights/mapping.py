@@ -12,8 +12,9 @@ Strict: every Flax param must be filled and every tensor used, with shapes check
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flax import traverse_util
@@ -113,11 +114,14 @@ def convert_state_dict(
     *,
     dtype=None,
     what: str = "checkpoint",
+    place: Callable[[tuple[str, ...], np.ndarray], Any] | None = None,
 ) -> dict:
     """Map a PyTorch state dict onto the Flax param tree whose shapes are `target_shapes`
     (a nested dict of arrays or `jax.ShapeDtypeStruct`, e.g. from `jax.eval_shape`).
 
-    Returns nested dicts of numpy arrays in `dtype` (or each param's own dtype)."""
+    Returns nested dicts of numpy arrays in `dtype` (or each param's own dtype), or of whatever
+    `place(path, array)` makes of each one as soon as it is converted (e.g. a device array with
+    its sharding), so that at most one converted tensor at a time lives in host memory."""
     flat_target = traverse_util.flatten_dict(dict(target_shapes))
     leaves_of: dict[tuple[str, ...], set[str]] = {}
     for path in flat_target:
@@ -152,7 +156,8 @@ def convert_state_dict(
                 ("/".join(path) + f" (from {key})", tuple(tensor.shape), tuple(dst.shape))
             )
             continue
-        out[path] = value.astype(dtype or dst.dtype)
+        value = value.astype(dtype or dst.dtype)
+        out[path] = place(path, value) if place is not None else value
         sources[path] = key
     missing = ["/".join(p) for p in flat_target if p not in out and not _is_misshaped(p, misshaped)]
     if missing or unexpected or misshaped:
