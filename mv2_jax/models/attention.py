@@ -47,20 +47,21 @@ def dot_product_attention(
         raise ValueError(
             f"attention implementation {implementation!r}; choose from {IMPLEMENTATIONS}"
         )
-    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    if implementation == "auto":
-        implementation = _auto(query, key, mask, is_causal)
-    if implementation == "cudnn":
-        return jax.nn.dot_product_attention(
-            query, key, value, mask=mask, is_causal=is_causal, scale=scale
-        )
-    if is_causal:
-        lq, lk = query.shape[1], key.shape[1]
-        causal = jnp.tril(jnp.ones((lq, lk), bool), k=lk - lq)
-        mask = causal if mask is None else jnp.logical_and(mask, causal)
-    if implementation == "chunked" and mask is None:
-        return _chunked(query, key, value, scale, query_chunk_size, key_chunk_size)
-    return _materialised(query, key, value, scale, mask)
+    with jax.named_scope("dot_product_attention"):  # names these ops in profiles
+        scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+        if implementation == "auto":
+            implementation = _auto(query, key, mask, is_causal)
+        if implementation == "cudnn":
+            return jax.nn.dot_product_attention(
+                query, key, value, mask=mask, is_causal=is_causal, scale=scale
+            )
+        if is_causal:
+            lq, lk = query.shape[1], key.shape[1]
+            causal = jnp.tril(jnp.ones((lq, lk), bool), k=lk - lq)
+            mask = causal if mask is None else jnp.logical_and(mask, causal)
+        if implementation == "chunked" and mask is None:
+            return _chunked(query, key, value, scale, query_chunk_size, key_chunk_size)
+        return _materialised(query, key, value, scale, mask)
 
 
 def _auto(query, key, mask, is_causal) -> str:
