@@ -56,9 +56,14 @@ def build_module(config: dict[str, Any], dtype=jnp.float32, where: str = "config
     return family.build(config, dtype), family
 
 
-def load_component(path: str | os.PathLike, dtype=jnp.float32) -> tuple[nn.Module, dict]:
+def load_component(
+    path: str | os.PathLike, dtype=jnp.float32, shardings=None
+) -> tuple[nn.Module, dict]:
     """Load a component folder. Returns `(module, params)`; call
-    `module.apply({"params": params}, ...)` with the contract signatures of DESIGN.md."""
+    `module.apply({"params": params}, ...)` with the contract signatures of DESIGN.md.
+
+    `shardings` (a tree like the params, or one sharding) places each param's shards straight
+    onto their devices; None puts the params on the default device."""
     folder = Path(path)
     config = read_config(folder)
     module, family = build_module(config, dtype, where=str(folder / "config.json"))
@@ -66,9 +71,22 @@ def load_component(path: str | os.PathLike, dtype=jnp.float32) -> tuple[nn.Modul
     if (folder / ORBAX_PARAMS_DIR).is_dir():
         from mv2_jax.weights.orbax_io import restore_params
 
-        params = restore_params(folder / ORBAX_PARAMS_DIR, shapes, dtype=dtype)
+        params = restore_params(folder / ORBAX_PARAMS_DIR, shapes, dtype=dtype, shardings=shardings)
     else:
         state = read_weights_folder(folder, family.weights_stem)
-        params = convert_state_dict(state, shapes, family.rules, dtype=dtype, what=str(folder))
-        params = jax.tree.map(jnp.asarray, params)
+        place = _placer(shapes, shardings)
+        params = convert_state_dict(
+            state, shapes, family.rules, dtype=dtype, what=str(folder), place=place
+        )
     return module, params
+
+
+def _placer(shapes, shardings):
+    """Each converted tensor goes to its devices at once (a device receives only its own
+    shards), so host memory holds one converted tensor at a time."""
+    if shardings is None:
+        return lambda path, value: jnp.asarray(value)
+    from mv2_jax.weights.orbax_io import flat_shardings
+
+    flat = flat_shardings(shardings, shapes)
+    return lambda path, value: jax.device_put(value, flat[path])
