@@ -1,6 +1,8 @@
 """orbax params: round trip, dtype on read, restore straight onto a mesh, and checkpoints that do
 not fit the config."""
 
+import time
+
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -106,6 +108,10 @@ def test_missing_or_broken_checkpoint_folders(tmp_path):
         restore_params(tmp_path / "empty", _shapes(_params()))
 
 
+# When one read fails, orbax abandons the reads still in flight; as they finish, their callbacks
+# meet a closed event loop ("Event loop is closed", reported as unraisable). Harmless; the short
+# wait keeps that report inside this test instead of whichever test runs next.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_damaged_data_files_raise_naming_the_folder(tmp_path):
     params = _params()
     save_params(tmp_path / "params", params)
@@ -116,6 +122,7 @@ def test_damaged_data_files_raise_naming_the_folder(tmp_path):
             f.truncate(path.stat().st_size // 2)
     with pytest.raises(CheckpointFileError, match=r"params: cannot read the params"):
         restore_params(tmp_path / "params", _shapes(params))
+    time.sleep(0.5)
 
 
 def test_save_refuses_to_overwrite(tmp_path):
