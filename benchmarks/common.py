@@ -72,7 +72,7 @@ CATEGORIES = ("attention", "convolution", "normalisation", "linear", "rest")
 def _category(op_name: str) -> str:
     if "dot_product_attention" in op_name:
         return "attention"
-    if op_name.endswith("conv_general_dilated"):
+    if "/convolution/" in op_name or op_name.endswith("conv_general_dilated"):
         return "convolution"
     path = op_name.split("/")
     if any("norm" in part for part in path[:-1]):

@@ -111,7 +111,8 @@ def _chunked(query, key, value, scale, query_chunk, key_chunk):
                 m, l, acc = carry
                 kb, vb, ok = kv
                 s = jnp.einsum("bhqd,bhkd->bhqk", qb, kb, preferred_element_type=jnp.float32)
-                s = jnp.where(ok, s, -jnp.inf)
+                if pad:  # only the last key block has padding; no select otherwise
+                    s = jnp.where(ok, s, -jnp.inf)
                 m_new = jnp.maximum(m, s.max(-1, keepdims=True))
                 p = jnp.exp(s - m_new)
                 correction = jnp.exp(m - m_new)

@@ -117,9 +117,23 @@ class Conv(nn.Module):
             (*self.kernel_size, in_features, self.features),
             self.param_dtype,
         )
+        with jax.named_scope("convolution"):  # names these ops in profiles
+            y = self._convolve(x, kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                _named(nn.initializers.zeros_init(), self.axes[1:]),
+                (self.features,),
+                self.param_dtype,
+            )
+            y = y + bias.astype(self.dtype)
+        return y
+
+    def _convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        rank = len(self.kernel_size)
+        in_features = x.shape[-1]
         lead = x.shape[: -(rank + 1)]
         x = x.reshape(-1, *x.shape[-(rank + 1) :]).astype(self.dtype)
-        kernel = kernel.astype(self.dtype)
         out_spatial = [
             (size + lo + hi - k) // s + 1
             for size, (lo, hi), k, s in zip(
@@ -140,14 +154,6 @@ class Conv(nn.Module):
                 self.padding,
                 dimension_numbers=(spec, _SPATIAL[-rank:] + "IO", spec),
             )
-        if self.use_bias:
-            bias = self.param(
-                "bias",
-                _named(nn.initializers.zeros_init(), self.axes[1:]),
-                (self.features,),
-                self.param_dtype,
-            )
-            y = y + bias.astype(self.dtype)
         return y.reshape(*lead, *y.shape[1:])
 
     def _patch_matmul(self, x, kernel, out_spatial):
