@@ -37,8 +37,8 @@ def dot_product_attention(
     is_causal: bool = False,
     scale: float | None = None,
     implementation: str = "auto",
-    query_chunk_size: int = _QUERY_CHUNK,
-    key_chunk_size: int = _KEY_CHUNK,
+    query_chunk_size: int | None = None,
+    key_chunk_size: int | None = None,
 ) -> jax.Array:
     """Softmax attention. `query [B,Lq,H,D]`, `key/value [B,Lk,H,D]`, `mask` boolean and
     broadcastable to `[B,H,Lq,Lk]` (True = attend). Scores and softmax are computed in fp32
@@ -60,7 +60,14 @@ def dot_product_attention(
             causal = jnp.tril(jnp.ones((lq, lk), bool), k=lk - lq)
             mask = causal if mask is None else jnp.logical_and(mask, causal)
         if implementation == "chunked" and mask is None:
-            return _chunked(query, key, value, scale, query_chunk_size, key_chunk_size)
+            return _chunked(
+                query,
+                key,
+                value,
+                scale,
+                query_chunk_size or _QUERY_CHUNK,
+                key_chunk_size or _KEY_CHUNK,
+            )
         return _materialised(query, key, value, scale, mask)
 
 

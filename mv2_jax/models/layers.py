@@ -7,14 +7,13 @@ factories, so that params carry logical names (`embed`, `heads`, `mlp`, `conv_in
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
+
+from mv2_jax.models.conv import Conv
 
 Dtype = Any
 
@@ -74,100 +73,13 @@ def conv(
         kernel_size=tuple(kernel_size),
         strides=tuple(strides),
         padding=tuple(tuple(p) for p in padding),
-        axes=tuple(axes),
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=param_dtype,
-        kernel_init=kernel_init,
+        kernel_init=_named(kernel_init, (None,) * rank + tuple(axes)),
+        bias_init=_named(nn.initializers.zeros_init(), axes[1:]),
         name=name,
     )
-
-
-# Feature maps with at most this many output positions run as one matmul over gathered
-# patches: XLA's CPU convolution is 1.3× (16×16×1280) to 2.8× (8×8×1280) slower there.
-_PATCH_MATMUL_MAX_POSITIONS = 256
-_SPATIAL = "DHW"
-
-
-class Conv(nn.Module):
-    """Channels-last N-d convolution (params `kernel [*window, in, out]`, `bias [out]`).
-
-    Picks the fastest equivalent form by shape: a matmul for 1×1 kernels, a matmul over
-    gathered patches (im2col) for small feature maps, else `lax.conv_general_dilated`.
-    Leading dims beyond one batch dim are folded into the batch.
-    """
-
-    features: int
-    kernel_size: tuple[int, ...]
-    strides: tuple[int, ...]
-    padding: tuple[tuple[int, int], ...]
-    axes: tuple[str | None, str | None] = ("conv_in", "conv_out")
-    use_bias: bool = True
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    kernel_init: Any = _KERNEL_INIT
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        rank = len(self.kernel_size)
-        in_features = x.shape[-1]
-        kernel = self.param(
-            "kernel",
-            _named(self.kernel_init, (None,) * rank + self.axes),
-            (*self.kernel_size, in_features, self.features),
-            self.param_dtype,
-        )
-        with jax.named_scope("convolution"):  # names these ops in profiles
-            y = self._convolve(x, kernel.astype(self.dtype))
-        if self.use_bias:
-            bias = self.param(
-                "bias",
-                _named(nn.initializers.zeros_init(), self.axes[1:]),
-                (self.features,),
-                self.param_dtype,
-            )
-            y = y + bias.astype(self.dtype)
-        return y
-
-    def _convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-        rank = len(self.kernel_size)
-        in_features = x.shape[-1]
-        lead = x.shape[: -(rank + 1)]
-        x = x.reshape(-1, *x.shape[-(rank + 1) :]).astype(self.dtype)
-        out_spatial = [
-            (size + lo + hi - k) // s + 1
-            for size, (lo, hi), k, s in zip(
-                x.shape[1:-1], self.padding, self.kernel_size, self.strides
-            )
-        ]
-        pointwise = all(k == 1 for k in self.kernel_size) and all(s == 1 for s in self.strides)
-        if pointwise and not any(lo or hi for lo, hi in self.padding):
-            y = jnp.dot(x, kernel.reshape(in_features, self.features))
-        elif math.prod(out_spatial) <= _PATCH_MATMUL_MAX_POSITIONS:
-            y = self._patch_matmul(x, kernel, out_spatial)
-        else:
-            spec = "N" + _SPATIAL[-rank:] + "C"
-            y = jax.lax.conv_general_dilated(
-                x,
-                kernel,
-                self.strides,
-                self.padding,
-                dimension_numbers=(spec, _SPATIAL[-rank:] + "IO", spec),
-            )
-        return y.reshape(*lead, *y.shape[1:])
-
-    def _patch_matmul(self, x, kernel, out_spatial):
-        """im2col: every window offset's strided view, concatenated on channels, one matmul."""
-        x = jnp.pad(x, ((0, 0), *self.padding, (0, 0)))
-        views = []
-        for offset in itertools.product(*(range(k) for k in self.kernel_size)):
-            index = tuple(
-                slice(o, o + (n - 1) * s + 1, s)
-                for o, n, s in zip(offset, out_spatial, self.strides)
-            )
-            views.append(x[(slice(None), *index)])
-        patches = jnp.concatenate(views, axis=-1)
-        return jnp.dot(patches, kernel.reshape(-1, self.features))
 
 
 def group_norm(
