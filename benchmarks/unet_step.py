@@ -75,7 +75,7 @@ def inputs(model: str):
 
 
 def jax_step(folder: Path, model: str, attention: str):
-    """(jitted step, its args, seconds to compile)."""
+    """(jitted step, its args); the first call compiles."""
     import jax
 
     import mv2_jax
@@ -85,8 +85,7 @@ def jax_step(folder: Path, model: str, attention: str):
     sample, t, context, extra = inputs(model)
     step = jax.jit(module.apply)
     args = ({"params": params}, sample, t, context, extra or None)
-    compile_s = timed(lambda: step.lower(*args).compile())
-    return step, args, compile_s
+    return step, args
 
 
 def torch_step(folder: Path, model: str):
@@ -115,12 +114,10 @@ def worker(kind: str, model: str, attention: str, repeats: int) -> dict:
 
     folder = reference_folder(model)
     if kind == "jax":
-        step, args, compile_s = jax_step(folder, model, attention)
+        step, args = jax_step(folder, model, attention)
         first = timed(lambda: jax.block_until_ready(step(*args)))
         runs = [timed(lambda: jax.block_until_ready(step(*args))) for _ in range(repeats)]
-        return dict(
-            compile_s=compile_s, first_call_s=first, seconds=runs, peak_rss_gb=peak_rss_gb()
-        )
+        return dict(first_call_s=first, seconds=runs, peak_rss_gb=peak_rss_gb())
     if kind == "torch":
         run = torch_step(folder, model)
         runs = [timed(run) for _ in range(repeats + 1)][1:]
@@ -196,7 +193,7 @@ def sd15(args) -> None:
     import jax
 
     folder = reference_folder("sd15")
-    step, jargs, compile_s = jax_step(folder, "sd15", args.attention)
+    step, jargs = jax_step(folder, "sd15", args.attention)
     first = timed(lambda: jax.block_until_ready(step(*jargs)))
     run_torch = torch_step(folder, "sd15")
     run_torch()  # warm-up
@@ -211,7 +208,6 @@ def sd15(args) -> None:
             f"{t_jax:.2f}",
             f"{t_jax / t_torch:.2f}",
             f"{SD15_FLOPS / t_jax / 1e9:.0f}",
-            f"{compile_s:.1f}",
             f"{first:.1f}",
         ],
         [
@@ -219,7 +215,6 @@ def sd15(args) -> None:
             f"{t_torch:.2f}",
             "1.00",
             f"{SD15_FLOPS / t_torch / 1e9:.0f}",
-            "",
             "",
         ],
     ]
@@ -234,7 +229,6 @@ def sd15(args) -> None:
                 f"{t_flax:.2f}",
                 f"{t_flax / t_torch:.2f}",
                 f"{SD15_FLOPS / t_flax / 1e9:.0f}",
-                "",
                 f"{flax_result['first_call_s']:.1f}",
             ]
         )
@@ -244,7 +238,7 @@ def sd15(args) -> None:
     print(f"all runs (s): { {k: [round(x, 2) for x in v] for k, v in runs.items()} }")
     print(
         table(
-            ["implementation", "median s", "× PyTorch", "GFLOP/s", "compile s", "first call s"],
+            ["implementation", "median s", "× PyTorch", "GFLOP/s", "first call s (compile + run)"],
             rows,
         )
     )
