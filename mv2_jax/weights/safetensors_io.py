@@ -1,8 +1,8 @@
 """Reading `.safetensors` files (single or sharded) into numpy, bf16 included, without torch.
 
 The `safetensors` package's numpy backend rejects bf16, so the (simple, documented) format is
-read here: an 8-byte little-endian header length, a JSON header, then raw tensor bytes. Files are
-memory-mapped, so a multi-GB checkpoint is not copied until a tensor is used.
+read here: an 8-byte little-endian header length, a JSON header, then raw tensor bytes. Tensors
+are read one at a time as they are used, so a multi-GB checkpoint never sits in memory whole.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections import ChainMap
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import ml_dtypes
@@ -33,8 +35,28 @@ class CheckpointFileError(ValueError):
     """A weights file that cannot be read: truncated, corrupt, or of an unknown format."""
 
 
-def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of one `.safetensors` file, as (memory-mapped) numpy arrays."""
+class LazyTensors(Mapping):
+    """The tensors of one file, each read from disk when it is looked up (not kept), so that
+    converting a 10 GB checkpoint holds one source tensor in memory at a time."""
+
+    def __init__(self, path: Path, data_start: int, entries: dict[str, tuple]):
+        self.path, self._data_start, self._entries = path, data_start, entries
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        dtype, shape, start = self._entries[name]
+        count = int(np.prod(shape))
+        array = np.fromfile(self.path, dtype=dtype, count=count, offset=self._data_start + start)
+        return array.reshape(shape)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def read_safetensors(path: str | os.PathLike) -> LazyTensors:
+    """All tensors of one `.safetensors` file (header and sizes checked now, data read lazily)."""
     path = Path(path)
     size = path.stat().st_size
     fix = "re-download or re-convert the file"
@@ -60,8 +82,7 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise CheckpointFileError(
             f"{path}: truncated: tensors need {data_start + end} bytes, the file has {size}; {fix}"
         )
-    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=data_start, shape=(size - data_start,))
-    tensors = {}
+    entries = {}
     for name, info in header.items():
         if info["dtype"] not in _DTYPES:
             raise CheckpointFileError(
@@ -72,11 +93,11 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         shape = tuple(info["shape"])
         if (stop - start) != int(np.prod(shape)) * dtype.itemsize:
             raise CheckpointFileError(f"{path}: tensor {name!r} has inconsistent byte range; {fix}")
-        tensors[name] = raw[start:stop].view(dtype).reshape(shape)
-    return tensors
+        entries[name] = (dtype, shape, start)
+    return LazyTensors(path, data_start, entries)
 
 
-def read_weights_folder(folder: str | os.PathLike, stem: str) -> dict[str, np.ndarray]:
+def read_weights_folder(folder: str | os.PathLike, stem: str) -> Mapping[str, np.ndarray]:
     """The tensors of a component folder: `{stem}.safetensors`, or the shards listed in
     `{stem}.safetensors.index.json`; precision variants like `{stem}.fp16.safetensors` too."""
     folder = Path(folder)
@@ -99,15 +120,16 @@ def read_weights_folder(folder: str | os.PathLike, stem: str) -> dict[str, np.nd
     )
 
 
-def _read_sharded(index_path: Path) -> dict[str, np.ndarray]:
+def _read_sharded(index_path: Path) -> Mapping[str, np.ndarray]:
     index = json.loads(index_path.read_text())
     weight_map: dict[str, str] = index["weight_map"]
-    tensors: dict[str, np.ndarray] = {}
+    shards = []
     for shard in sorted(set(weight_map.values())):
         shard_path = index_path.parent / shard
         if not shard_path.exists():
             raise CheckpointFileError(f"{index_path}: shard {shard} is listed but missing")
-        tensors.update(read_safetensors(shard_path))
+        shards.append(read_safetensors(shard_path))
+    tensors = ChainMap(*shards)
     missing = sorted(set(weight_map) - set(tensors))
     if missing:
         raise CheckpointFileError(
