@@ -86,6 +86,8 @@ def train_sigmas(alphas_cumprod: np.ndarray) -> np.ndarray:
 def discrete_timesteps(spacing: str, n: int, T: int, steps_offset: int = 0) -> np.ndarray:
     """DDPM / DDIM timesteps (int64, descending) for `n` steps out of `T`; `spacing` as in Lin
     et al. 2023, Table 2. `trailing` can give n + 1 of them (float `arange`), as diffusers does."""
+    if n > T:
+        raise ValueError(f"num_inference_steps={n} exceeds num_train_timesteps={T}.")
     if spacing == "linspace":
         return np.linspace(0, T - 1, n).round()[::-1].astype(np.int64)
     if spacing == "leading":

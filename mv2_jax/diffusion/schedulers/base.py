@@ -26,8 +26,12 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 def _frozen(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if isinstance(value, list | tuple):
         return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
     return value
 
 
@@ -36,7 +40,7 @@ class FrozenConfig(Mapping):
 
     def __init__(self, items: Mapping[str, Any]):
         self._items = {k: _frozen(v) for k, v in items.items()}
-        self._hash = hash(tuple(sorted((k, repr(v)) for k, v in self._items.items())))
+        self._hash = hash(tuple(sorted(self._items.items())))
 
     def __getitem__(self, key: str) -> Any:
         return self._items[key]
@@ -153,6 +157,8 @@ class Scheduler:
         their last, finite value) to `max_steps` (+1), so every step count has the same shapes.
         `num_steps` can exceed `num_inference_steps` by one: diffusers' `trailing` spacing gives
         n + 1 timesteps for some n (e.g. 61), and so do we."""
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be ≥ 1, got {num_inference_steps}.")
         raw = self.step_tables(num_inference_steps)
         n = len(raw["timesteps"])
         if n > max_steps:
