@@ -13,6 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
+# diffusers' own `np.array(torch_tensor)` calls, under numpy 2
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy")
 
 from mv2_jax.diffusion import schedules  # noqa: E402
 from mv2_jax.diffusion.schedulers import (  # noqa: E402

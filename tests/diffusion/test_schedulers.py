@@ -9,6 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
+# diffusers' own `np.array(torch_tensor)` calls, under numpy 2
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy")
 
 from mv2_jax.diffusion.schedulers import SCHEDULERS, make_scheduler  # noqa: E402
 from tests.diffusion.scheduler_harness import (  # noqa: E402
@@ -81,8 +83,10 @@ def test_beta_schedules(name, schedule):
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_odd_step_counts(name):
-    # 61 trailing steps are 62 timesteps in diffusers (a float arange), the last one −1.
-    check_parity(name, dict(SD, timestep_spacing="trailing", clip_sample=False), steps=(1, 2, 61))
+    # 61 trailing steps are 62 timesteps in diffusers (a float arange), the last one −1;
+    # steps_offset applies to `leading` only.
+    cfg = dict(SD, timestep_spacing="trailing", steps_offset=1, clip_sample=False)
+    check_parity(name, cfg, steps=(1, 2, 61))
     check_parity(name, dict(SD, clip_sample=False), steps=(3, 33))
 
 
@@ -164,6 +168,7 @@ def test_unipc_options(options):
     [
         {"timestep_type": "continuous", "prediction_type": "v_prediction"},
         {"use_karras_sigmas": True, "sigma_min": 0.05, "sigma_max": 8.0},
+        {"use_karras_sigmas": True, "timestep_spacing": "leading", "steps_offset": 1},
         {"timestep_spacing": "leading", "steps_offset": 1, "final_sigmas_type": "sigma_min"},
     ],
     ids=str,

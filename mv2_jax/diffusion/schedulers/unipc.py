@@ -126,9 +126,8 @@ class UniPC(MultistepScheduler):
         c_order = jnp.minimum(jnp.asarray(tables["max_order"])[jnp.maximum(i - 1, 0)], count)
         rho = at("c_rho")
         d1 = (m1 - m0) / at("c_rk")
-        corr = jnp.where(c_order >= 2, rho[0] * d1, 0.0) + jnp.where(c_order >= 2, rho[1], 0.5) * (
-            x0 - m0
-        )
+        history = jnp.where(c_order >= 2, rho[0] * d1, 0.0)
+        corr = history + jnp.where(c_order >= 2, rho[1], 0.5) * (x0 - m0)
         corrected = at("c_x") * state["last"] - at("c_m0") * m0 - at("c_d") * corr
         x = jnp.where((count >= 1) & at("corrector"), corrected, x)
         # UniP from the (corrected) x with m₀ = x̂₀ and m₁ = the previous x̂₀.
