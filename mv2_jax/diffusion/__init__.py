@@ -1,1 +1,1 @@
-"""diffusion"""
+"""Noise schedules, schedulers, guidance and the lax.scan denoising loop."""

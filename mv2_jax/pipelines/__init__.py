@@ -1,1 +1,1 @@
-"""pipelines"""
+"""Pipelines: loading diffusers-format folders, text-to-image (and the video stages to come)."""

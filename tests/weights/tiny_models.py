@@ -84,7 +84,9 @@ def tiny_tokenizer(folder: Path) -> CLIPTokenizer:
     vocab += ["ph", "ot", "oto</w>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\np h\no t\not o</w>\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    return CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77
+    )
 
 
 def tiny_pipeline(folder: Path) -> StableDiffusionPipeline:

@@ -1,0 +1,196 @@
+"""Text → image with SD1.x/2.x and SDXL: prompt embeddings, one jitted denoise + decode.
+
+Everything that changes between calls of the same shapes — prompt embeddings, guidance scale
+and rescale, seed, step table, step count, first step — is a traced input, so a new prompt,
+seed, guidance or step count reuses the compiled function (`trace_count` shows it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mv2_jax.diffusion.guidance import classifier_free_guidance
+from mv2_jax.diffusion.sampler import denoise, steps_bucket
+from mv2_jax.diffusion.schedulers import make_scheduler
+from mv2_jax.pipelines.progress import StepProgress
+from mv2_jax.pipelines.text import PromptEncoder
+
+
+@dataclass
+class TextToImagePipeline:
+    """`pipe(prompt, ...) → images [B,H,W,3]` in [0,1] (DESIGN.md, contract 3)."""
+
+    unet: Any
+    unet_params: Any
+    vae: Any
+    vae_params: Any
+    text: PromptEncoder
+    scheduler_config: dict
+    default_guidance_scale: float = 7.5
+    unet_sample_size: int = 64
+    trace_count: int = 0
+    _compiled: dict = field(default_factory=dict, repr=False)
+    _progress: StepProgress = field(default_factory=StepProgress, repr=False)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.block_out_channels) - 1)
+
+    @property
+    def default_size(self) -> int:
+        return self.unet_sample_size * self.vae_scale_factor
+
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float | None = None,
+        scheduler: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        latents: np.ndarray | None = None,
+        seed: int = 0,
+        mesh: jax.sharding.Mesh | None = None,
+        num_images_per_prompt: int = 1,
+        guidance_rescale: float = 0.0,
+        original_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] = (0, 0),
+        target_size: tuple[int, int] | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        if num_frames not in (None, 1):
+            raise ValueError("this is a text-to-image pipeline; num_frames must be None or 1")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = _as_list(negative_prompt, len(prompts))
+        height, width = height or self.default_size, width or self.default_size
+        _check_size(height, width, self.vae_scale_factor)
+        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        sched = make_scheduler(self.scheduler_config, scheduler)
+        tables = sched.tables(num_inference_steps, steps_bucket(num_inference_steps))
+
+        use_cfg = guidance_scale > 1.0
+        cond = self.text.encode(prompts)
+        context, pooled = _repeat(cond, num_images_per_prompt)
+        batch = context.shape[0]
+        if self.text.sdxl:
+            time_ids = (original_size or (height, width)) + tuple(crops_coords_top_left)
+            time_ids = jnp.tile(
+                jnp.asarray([time_ids + (target_size or (height, width))], jnp.float32), (batch, 1)
+            )
+        if use_cfg:
+            uncond, uncond_pooled = _repeat(
+                self.text.encode_negative(negatives, cond), num_images_per_prompt
+            )
+            context = jnp.concatenate([uncond, context])
+            if pooled is not None:
+                pooled = jnp.concatenate([uncond_pooled, pooled])
+                time_ids = jnp.concatenate([time_ids, time_ids])
+        added = {"text_embeds": pooled, "time_ids": time_ids} if self.text.sdxl else None
+
+        shape = (
+            batch,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+            self.unet.in_channels,
+        )
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(
+                f"latents must have shape {shape} (channels-last), got {latents.shape}"
+            )
+        run = self._compile(sched, use_cfg, progress, mesh)
+        with self._progress.bar(num_inference_steps, enabled=progress):
+            images = run(
+                (self.unet_params, self.vae_params),
+                context,
+                added,
+                jnp.float32(guidance_scale),
+                jnp.float32(guidance_rescale),
+                tables,
+                jnp.int32(seed),
+                None if latents is None else jnp.asarray(latents),
+                shape,
+            )
+            return np.asarray(images)  # waits for the last step inside the bar
+
+    def _compile(self, scheduler, use_cfg: bool, progress: bool, mesh):
+        key = (scheduler, use_cfg, progress, mesh)
+        if key not in self._compiled:
+            self._compiled[key] = jax.jit(
+                lambda *a: self._generate(scheduler, use_cfg, progress, *a), static_argnums=(8,)
+            )
+        return self._compiled[key]
+
+    def _generate(
+        self,
+        scheduler,
+        use_cfg,
+        progress,
+        params,
+        context,
+        added,
+        guidance,
+        rescale,
+        tables,
+        seed,
+        latents,
+        shape,
+    ):
+        """Noise → denoised latents → decoded images, traced once per static configuration."""
+        self.trace_count += 1
+        unet_params, vae_params = params
+        key_latents, key_steps = jax.random.split(jax.random.key(seed))
+        if latents is None:
+            latents = jax.random.normal(key_latents, shape, jnp.float32)
+        latents = latents * tables["init_noise_sigma"]
+
+        def model_fn(x, t):
+            x = jnp.concatenate([x, x]) if use_cfg else x
+            t = jnp.broadcast_to(t, (x.shape[0],))
+            out = self.unet.apply({"params": unet_params}, x, t, context, added_cond_kwargs=added)
+            if not use_cfg:
+                return out
+            uncond, cond = jnp.split(out, 2)
+            return classifier_free_guidance(uncond, cond, guidance, rescale)
+
+        callback = self._progress.update if progress else None
+        latents = denoise(scheduler, tables, model_fn, latents, key_steps, 0, callback)
+        return self._decode(vae_params, latents)
+
+    def _decode(self, vae_params, latents):
+        vae = self.vae
+        if vae.latents_mean is not None and vae.latents_std is not None:
+            latents = latents * jnp.asarray(vae.latents_std) / vae.scaling_factor + jnp.asarray(
+                vae.latents_mean
+            )
+        else:
+            latents = latents / vae.scaling_factor
+        images = vae.apply({"params": vae_params}, latents, method="decode")
+        return jnp.clip(images / 2 + 0.5, 0.0, 1.0)
+
+
+def _as_list(value, n: int) -> list[str] | None:
+    if value is None:
+        return None
+    values = [value] * n if isinstance(value, str) else list(value)
+    if len(values) != n:
+        raise ValueError(f"{len(values)} negative prompts for {n} prompts")
+    return values
+
+
+def _repeat(pair, times: int):
+    """Each prompt's embeddings `times` times in a row (diffusers' num_images_per_prompt)."""
+    return tuple(None if x is None else jnp.repeat(x, times, axis=0) for x in pair)
+
+
+def _check_size(height: int, width: int, factor: int) -> None:
+    multiple = max(8, factor)
+    if height % multiple or width % multiple:
+        raise ValueError(f"height and width must be multiples of {multiple}; got {height}×{width}")

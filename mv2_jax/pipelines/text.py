@@ -1,0 +1,81 @@
+"""Prompt → text embeddings for SD1.x/2.x (one CLIP encoder, last hidden state) and SDXL (two
+encoders, penultimate hidden states concatenated, pooled `text_embeds` of the second)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def load_tokenizer(folder: Path):
+    """transformers' CLIP tokenizer from a pipeline's `tokenizer*/` folder (no download)."""
+    from transformers import CLIPTokenizer
+
+    if not any((folder / f).exists() for f in ("tokenizer.json", "vocab.json")):
+        raise FileNotFoundError(
+            f"{folder}: no CLIP tokenizer files (tokenizer.json, or vocab.json + merges.txt)"
+        )
+    return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+@dataclass
+class TextEncoder:
+    """One tokenizer + one Flax CLIP text encoder; `jit` is compiled once per sequence shape."""
+
+    tokenizer: Any
+    module: Any
+    params: Any
+
+    def __post_init__(self):
+        self._encode = jax.jit(partial(self.module.apply, output_hidden_states=True))
+
+    def token_ids(self, prompts: Sequence[str], length: int | None = None) -> np.ndarray:
+        length = length or self.tokenizer.model_max_length
+        tokens = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=length,
+            truncation=True,
+            return_tensors="np",
+        )
+        return np.asarray(tokens["input_ids"], np.int32)
+
+    def __call__(self, prompts: Sequence[str]):
+        return self._encode({"params": self.params}, self.token_ids(prompts))
+
+
+@dataclass
+class PromptEncoder:
+    """The text side of a SD (`len(encoders) == 1`) or SDXL (`== 2`) pipeline."""
+
+    encoders: tuple[TextEncoder, ...]
+    force_zeros_for_empty_prompt: bool = False  # SDXL: no negative prompt → zero embeddings
+
+    @property
+    def sdxl(self) -> bool:
+        return len(self.encoders) == 2
+
+    def encode(self, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array | None]:
+        """`(embeds [B,L,D], pooled [B,P] or None)` as diffusers' `encode_prompt` computes them."""
+        if not self.sdxl:
+            return self.encoders[0](prompts).last_hidden_state, None
+        outputs = [encoder(prompts) for encoder in self.encoders]
+        embeds = jnp.concatenate([o.hidden_states[-2] for o in outputs], axis=-1)
+        return embeds, outputs[-1].text_embeds
+
+    def encode_negative(
+        self, negative: Sequence[str] | None, cond: tuple[jax.Array, jax.Array | None]
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """Unconditional embeddings matching `cond = encode(prompts)`: of the `negative` prompts,
+        of "" — or zeros for SDXL pipelines configured `force_zeros_for_empty_prompt`."""
+        embeds, pooled = cond
+        if negative is None and self.sdxl and self.force_zeros_for_empty_prompt:
+            return jnp.zeros_like(embeds), jnp.zeros_like(pooled)
+        return self.encode(list(negative) if negative is not None else [""] * embeds.shape[0])
