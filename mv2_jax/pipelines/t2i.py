@@ -64,17 +64,30 @@ class TextToImagePipeline:
         original_size: tuple[int, int] | None = None,
         crops_coords_top_left: tuple[int, int] = (0, 0),
         target_size: tuple[int, int] | None = None,
+        image: np.ndarray | None = None,
+        strength: float = 0.8,
         progress: bool = False,
     ) -> np.ndarray:
+        """Images `[B,H,W,3]` in [0,1]. Given `image [B,H,W,3]` in [0,1] this is img2img /
+        SDEdit: its latents (the VAE posterior mean) are noised to step `(1 − strength)·steps`
+        and denoised from there; `latents` is then the unit noise added to them."""
         if num_frames not in (None, 1):
             raise ValueError("this is a text-to-image pipeline; num_frames must be None or 1")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = _as_list(negative_prompt, len(prompts))
+        if image is not None:
+            height, width = image.shape[1:3]
         height, width = height or self.default_size, width or self.default_size
         _check_size(height, width, self.vae_scale_factor)
         guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
         sched = make_scheduler(self.scheduler_config, scheduler)
         tables = sched.tables(num_inference_steps, steps_bucket(num_inference_steps))
+        start = 0 if image is None else sched.start_index(num_inference_steps, strength)
+        if start >= int(tables["num_steps"]):
+            raise ValueError(
+                f"strength {strength} with {num_inference_steps} steps leaves no step "
+                "to run; raise strength or num_inference_steps"
+            )
 
         use_cfg = guidance_scale > 1.0
         cond = self.text.encode(prompts)
@@ -105,6 +118,8 @@ class TextToImagePipeline:
             raise ValueError(
                 f"latents must have shape {shape} (channels-last), got {latents.shape}"
             )
+        if image is not None:
+            image = jnp.broadcast_to(jnp.asarray(image, jnp.float32), (batch, height, width, 3))
         run = self._compile(sched, use_cfg, progress, mesh)
         with self._progress.bar(num_inference_steps, enabled=progress):
             images = run(
@@ -116,6 +131,8 @@ class TextToImagePipeline:
                 tables,
                 jnp.int32(seed),
                 None if latents is None else jnp.asarray(latents),
+                image,
+                jnp.int32(start),
                 shape,
             )
             return np.asarray(images)  # waits for the last step inside the bar
@@ -124,32 +141,23 @@ class TextToImagePipeline:
         key = (scheduler, use_cfg, progress, mesh)
         if key not in self._compiled:
             self._compiled[key] = jax.jit(
-                lambda *a: self._generate(scheduler, use_cfg, progress, *a), static_argnums=(8,)
+                lambda *a: self._generate(scheduler, use_cfg, progress, *a), static_argnums=(10,)
             )
         return self._compiled[key]
 
-    def _generate(
-        self,
-        scheduler,
-        use_cfg,
-        progress,
-        params,
-        context,
-        added,
-        guidance,
-        rescale,
-        tables,
-        seed,
-        latents,
-        shape,
-    ):
-        """Noise → denoised latents → decoded images, traced once per static configuration."""
+    def _generate(self, scheduler, use_cfg, progress, params, context, added, guidance,
+                  rescale, tables, seed, noise, image, start, shape):  # fmt: skip
+        """Noise (or a noised image) → denoised latents → decoded images, traced once per
+        static configuration."""
         self.trace_count += 1
         unet_params, vae_params = params
         key_latents, key_steps = jax.random.split(jax.random.key(seed))
-        if latents is None:
-            latents = jax.random.normal(key_latents, shape, jnp.float32)
-        latents = latents * tables["init_noise_sigma"]
+        if noise is None:
+            noise = jax.random.normal(key_latents, shape, jnp.float32)
+        if image is None:
+            latents = noise * tables["init_noise_sigma"]
+        else:
+            latents = scheduler.add_noise(tables, self._encode(vae_params, image), noise, start)
 
         def model_fn(x, t):
             x = jnp.concatenate([x, x]) if use_cfg else x
@@ -161,8 +169,16 @@ class TextToImagePipeline:
             return classifier_free_guidance(uncond, cond, guidance, rescale)
 
         callback = self._progress.update if progress else None
-        latents = denoise(scheduler, tables, model_fn, latents, key_steps, 0, callback)
+        latents = denoise(scheduler, tables, model_fn, latents, key_steps, start, callback)
         return self._decode(vae_params, latents)
+
+    def _encode(self, vae_params, image):
+        vae = self.vae
+        latents = vae.apply({"params": vae_params}, 2 * image - 1, method="encode").mode()
+        if vae.latents_mean is not None and vae.latents_std is not None:
+            mean, std = jnp.asarray(vae.latents_mean), jnp.asarray(vae.latents_std)
+            return (latents - mean) * vae.scaling_factor / std
+        return latents * vae.scaling_factor
 
     def _decode(self, vae_params, latents):
         vae = self.vae
