@@ -1,0 +1,305 @@
+"""sample.py: help text, every usage error (exit code 2, before anything is loaded), what a run
+writes (PNGs + JSON sidecars), and an end-to-end run on a tiny random SD pipeline folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+import mv2_jax
+
+SCRIPT = Path(__file__).resolve().parents[1] / "sample.py"
+FLAGS = (
+    "--model",
+    "--prompt",
+    "--negative-prompt",
+    "--steps",
+    "--guidance-scale",
+    "--scheduler",
+    "--seed",
+    "--height",
+    "--width",
+    "--num-images",
+    "--dtype",
+    "--mesh",
+    "--out",
+)
+
+
+def load_sample():
+    spec = importlib.util.spec_from_file_location("sample", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sample = load_sample()
+
+
+def run_help(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--help"], capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
+# ---------------------------------------------------------------------------- help
+
+
+def test_help_lists_subcommands_and_the_cascade():
+    text = run_help()
+    for command in ("t2i", "i2v", "v2v", "vfi"):
+        assert f"    {command} " in text
+    assert 'python sample.py "a prompt"' in text and "issue #6" in text
+    assert text.count("not available yet") == 3  # i2v, v2v, vfi
+
+
+def test_t2i_help_explains_every_flag():
+    text = run_help("t2i")
+    for flag in FLAGS:
+        assert flag in text
+    for name in sample.SCHEDULERS:
+        assert name in text
+    assert "multiple of 8" in text and "data:2,fsdp:4" in text
+
+
+# ---------------------------------------------------------------------------- usage errors
+
+
+@pytest.fixture
+def pipeline_folder(tmp_path) -> Path:
+    """Just enough of a pipeline folder for validation (nothing is loaded in these tests)."""
+    folder = tmp_path / "sd"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "Test"}))
+    (folder / "unet" / "config.json").write_text("{}")
+    return folder
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Usage errors must stop before the pipeline is loaded."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_pipeline called")
+
+    monkeypatch.setitem(vars(mv2_jax), "load_pipeline", refuse)
+
+
+def t2i(model, *extra, out=None):
+    return ["t2i", "--model", str(model), "--prompt", "a fox", *extra] + (
+        ["--out", str(out)] if out else []
+    )
+
+
+def error_of(capsys, argv) -> str:
+    assert sample.main(argv) == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("missing", r"--model .*missing: no such folder; pass a pipeline folder"),
+        ("v1-5.safetensors", r"single-file checkpoint; convert it first with `python convert"),
+        ("notes.txt", r"notes\.txt is a file, not a folder"),
+        ("sd/unet", r"is a component folder .*pass the pipeline folder above it \(.*sd\)"),
+        ("empty", r"empty has no model_index\.json; pass a pipeline folder"),
+        (".", r"has no model_index\.json but .*sd has; pass that"),
+    ],
+)
+def test_wrong_model_folder(capsys, no_loading, tmp_path, pipeline_folder, model, message):
+    (tmp_path / "v1-5.safetensors").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    err = error_of(capsys, t2i(tmp_path / model))
+    assert err.startswith("sample.py t2i: error: --model")
+    assert re.search(message, err), err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--height", "100"], "--height 100 is not a positive multiple of 8; try 96 or 104"),
+        (["--width", "0"], "--width 0 is not a positive multiple of 8; try 8"),
+        (["--scheduler", "PLMS"], "--scheduler 'plms' is unknown; choose one of ddpm, ddim, "),
+        (["--steps", "0"], "--steps 0: sampling needs at least 1 step"),
+        (["--num-images", "0"], "--num-images 0: needs at least 1 image per prompt"),
+        (
+            ["--negative-prompt", "a", "--negative-prompt", "b"],
+            "2 --negative-prompt for 1 --prompt; give one for all prompts or one per prompt",
+        ),
+        (["--mesh", "data:3"], "make the sizes multiply to 8"),
+        (["--mesh", "data:2,pipeline:4"], "unknown axes ['pipeline']"),
+        (["--mesh", "data"], "'data' is not `axis:size`"),
+    ],
+)
+def test_usage_errors(capsys, no_loading, pipeline_folder, extra, message):
+    err = error_of(capsys, t2i(pipeline_folder, *extra))
+    assert message in err
+    assert err.startswith("sample.py t2i: error: ")
+
+
+def test_all_problems_reported_at_once(capsys, no_loading, tmp_path):
+    (tmp_path / "file").write_text("x")
+    argv = t2i(tmp_path / "nope", "--height", "9", "--steps", "-1", out=tmp_path / "file")
+    lines = error_of(capsys, argv).splitlines()
+    assert len(lines) == 4 and all(line.startswith("sample.py t2i: error: ") for line in lines)
+    assert "--out" in lines[-1] and "is a file" in lines[-1]
+
+
+def test_argparse_errors_also_exit_2(capsys, no_loading, pipeline_folder):
+    with pytest.raises(SystemExit) as exit_:
+        sample.main(["t2i", "--prompt", "a fox"])  # no --model
+    assert exit_.value.code == 2
+    assert "--model" in capsys.readouterr().err
+
+
+def test_cascade_and_coming_stages_exit_2(capsys, no_loading):
+    assert sample.main(["a red fox running through snow"]) == 2
+    assert "arrives with issue #6" in capsys.readouterr().err
+    for command in ("i2v", "v2v", "vfi"):
+        assert sample.main([command, "--anything"]) == 2
+        assert "not available yet" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- what a run writes
+
+
+def test_t2i_passes_settings_and_writes_pngs_with_sidecars(
+    capsys, monkeypatch, tmp_path, pipeline_folder
+):
+    (pipeline_folder / "scheduler").mkdir()
+    (pipeline_folder / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "PNDMScheduler"})
+    )
+    calls = []
+    images = np.random.default_rng(0).random((4, 16, 24, 3), dtype=np.float32)
+
+    def fake_pipeline(path, dtype):
+        calls.append(("load", str(path), dtype))
+
+        def pipe(prompt, **kwargs):
+            calls.append(("call", prompt, kwargs))
+            return images
+
+        pipe.default_guidance_scale = 7.5
+        return pipe
+
+    monkeypatch.setitem(vars(mv2_jax), "load_pipeline", fake_pipeline)
+    out = tmp_path / "out"
+    argv = [
+        *t2i(pipeline_folder, "--prompt", "a cat", out=out),
+        *("--negative-prompt", "blurry", "--negative-prompt", "dark"),
+        *("--num-images", "2", "--steps", "7", "--scheduler", "Euler_A", "--seed", "5"),
+        *("--height", "16", "--width", "24", "--dtype", "bf16", "--mesh", "fsdp:-1"),
+    ]
+    assert sample.main(argv) == 0
+
+    (_, path, dtype), (_, prompt, kwargs) = calls
+    assert path == str(pipeline_folder) and dtype == jnp.bfloat16
+    assert prompt == ["a fox", "a cat"]
+    mesh = kwargs.pop("mesh")
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1, "frames": 1}
+    assert kwargs == dict(
+        negative_prompt=["blurry", "dark"],
+        num_inference_steps=7,
+        guidance_scale=None,
+        scheduler="euler_a",
+        height=16,
+        width=24,
+        seed=5,
+        num_images_per_prompt=2,
+        progress=True,
+    )
+
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == [f"0000{i}.png" for i in range(4)]
+    for i, png in enumerate(pngs):
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(png)), np.round(images[i] * 255).astype(np.uint8)
+        )
+        meta = json.loads(png.with_suffix(".json").read_text())
+        assert meta["image"] == png.name and meta["index_in_batch"] == i
+        # Images come prompt by prompt: two of "a fox", then two of "a cat".
+        assert meta["prompt"] == ["a fox", "a cat"][i // 2]
+        assert meta["negative_prompt"] == ["blurry", "dark"][i // 2]
+        assert meta["prompts"] == ["a fox", "a cat"] and meta["num_images_per_prompt"] == 2
+        assert (meta["seed"], meta["steps"], meta["scheduler"]) == (5, 7, "euler_a")
+        assert meta["model_scheduler"] == "PNDMScheduler" and meta["guidance_scale"] == 7.5
+        assert (meta["height"], meta["width"], meta["dtype"]) == (16, 24, "bf16")
+        assert meta["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1, "frames": 1}
+        assert meta["model"] == str(pipeline_folder.resolve())
+        assert meta["command"].startswith("python sample.py t2i --model ")
+        versions = meta["versions"]
+        assert set(versions) >= {"mv2_jax", "jax", "jaxlib", "flax", "python", "backend"}
+        assert versions["devices"] == 8 and versions["backend"] == "cpu"
+    printed = capsys.readouterr().out
+    assert (
+        str(pngs[0]) in printed and f"wrote 4 image(s) and their .json settings to {out}" in printed
+    )
+
+    # A second run appends to the folder.
+    assert sample.main(argv) == 0
+    assert len(list(out.glob("*.png"))) == 8
+
+
+def test_t2i_load_failure_exits_1(capsys, monkeypatch, pipeline_folder):
+    def broken(path, dtype):
+        raise NotImplementedError(f"{path}: pipeline class 'Test' is not supported")
+
+    monkeypatch.setitem(vars(mv2_jax), "load_pipeline", broken)
+    assert sample.main(t2i(pipeline_folder)) == 1
+    assert "error: " in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_t2i_end_to_end_on_a_tiny_pipeline(monkeypatch, tmp_path):
+    pytest.importorskip("torch")
+    from tests.weights.tiny_models import tiny_pipeline
+
+    folder = tmp_path / "tiny-sd"
+    tiny_pipeline(folder)
+    # The real loader, keeping the pipeline so that the comparison below reuses its compilation.
+    loaded = []
+
+    def load_and_keep(path, dtype, load=mv2_jax.load_pipeline):
+        loaded.append(load(path, dtype=dtype))
+        return loaded[-1]
+
+    monkeypatch.setitem(vars(mv2_jax), "load_pipeline", load_and_keep)
+    out = tmp_path / "out"
+    settings = ("--steps", "3", "--scheduler", "ddim", "--seed", "11", "--height", "16")
+    argv = ["t2i", "--model", str(folder), "--prompt", "a photo", *settings, "--width", "24"]
+    assert sample.main([*argv, "--out", str(out)]) == 0
+
+    png, sidecar = out / "00000.png", out / "00000.json"
+    assert sorted(p.name for p in out.iterdir()) == ["00000.json", "00000.png"]
+    written = np.asarray(Image.open(png))
+    assert written.shape == (16, 24, 3)
+    meta = json.loads(sidecar.read_text())
+    assert (meta["prompt"], meta["steps"], meta["seed"]) == ("a photo", 3, 11)
+    assert (meta["height"], meta["width"], meta["scheduler"]) == (16, 24, "ddim")
+    assert meta["model_scheduler"] == "PNDMScheduler" and meta["guidance_scale"] == 7.5
+
+    # The PNG is what the pipeline gives for these settings (to 8 bits), and another seed
+    # gives another image: the command line passed its flags through.
+    (pipe,) = loaded
+    call = dict(num_inference_steps=3, scheduler="ddim", height=16, width=24)
+    direct = np.asarray(pipe("a photo", seed=11, **call)[0])
+    np.testing.assert_array_equal(written, np.round(direct * 255).astype(np.uint8))
+    other = np.asarray(pipe("a photo", seed=12, **call)[0])
+    assert np.abs(other - direct).mean() > 0.01
