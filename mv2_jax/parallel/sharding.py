@@ -168,6 +168,13 @@ def component_shardings(path: str | os.PathLike, mesh: Mesh, rules: Rules = DEFA
     `config.json`), for `load_component(path, shardings=...)`; only shapes are traced."""
     from mv2_jax.weights.load import build_module, read_config
 
-    module, family = build_module(read_config(path), where=str(path))
-    args, kwargs = family.example_inputs(module)
+    module, _ = build_module(read_config(path), where=str(path))
+    return module_shardings_for(module, mesh, rules)
+
+
+def module_shardings_for(module: nn.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> dict:
+    """The param shardings of a component model (any family `load_component` knows)."""
+    from mv2_jax.weights.registry import family_of
+
+    args, kwargs = family_of(module).example_inputs(module)
     return module_shardings(module, args, mesh, rules, kwargs)

@@ -14,10 +14,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from mv2_jax.diffusion.guidance import classifier_free_guidance
 from mv2_jax.diffusion.sampler import denoise, steps_bucket
 from mv2_jax.diffusion.schedulers import make_scheduler
+from mv2_jax.parallel.sharding import batch_sharding, module_shardings_for, shard_params
 from mv2_jax.pipelines.progress import StepProgress
 from mv2_jax.pipelines.text import PromptEncoder
 
@@ -36,6 +38,7 @@ class TextToImagePipeline:
     unet_sample_size: int = 64
     trace_count: int = 0
     _compiled: dict = field(default_factory=dict, repr=False)
+    _placements: dict = field(default_factory=dict, repr=False)
     _progress: StepProgress = field(default_factory=StepProgress, repr=False)
 
     @property
@@ -120,33 +123,40 @@ class TextToImagePipeline:
             )
         if image is not None:
             image = jnp.broadcast_to(jnp.asarray(image, jnp.float32), (batch, height, width, 3))
-        run = self._compile(sched, use_cfg, progress, mesh)
+        run = self._compile(sched, use_cfg, progress)
+        batched = _place_batch(
+            mesh, (context, added, None if latents is None else jnp.asarray(latents), image)
+        )
+        scalars = _place_replicated(
+            mesh,
+            (jnp.float32(guidance_scale), jnp.float32(guidance_rescale), tables, jnp.int32(seed),
+             jnp.int32(start)),
+        )  # fmt: skip
         with self._progress.bar(num_inference_steps, enabled=progress):
-            images = run(
-                (self.unet_params, self.vae_params),
-                context,
-                added,
-                jnp.float32(guidance_scale),
-                jnp.float32(guidance_rescale),
-                tables,
-                jnp.int32(seed),
-                None if latents is None else jnp.asarray(latents),
-                image,
-                jnp.int32(start),
-                shape,
-            )
+            images = run(self._params_on(mesh), *batched, *scalars, shape)
             return np.asarray(images)  # waits for the last step inside the bar
 
-    def _compile(self, scheduler, use_cfg: bool, progress: bool, mesh):
-        key = (scheduler, use_cfg, progress, mesh)
+    def _params_on(self, mesh):
+        """UNet and VAE params, placed on `mesh` by the logical-axis rules (once per mesh)."""
+        if mesh is None:
+            return self.unet_params, self.vae_params
+        if mesh not in self._placements:
+            self._placements[mesh] = tuple(
+                shard_params(params, module_shardings_for(module, mesh))
+                for module, params in ((self.unet, self.unet_params), (self.vae, self.vae_params))
+            )
+        return self._placements[mesh]
+
+    def _compile(self, scheduler, use_cfg: bool, progress: bool):
+        key = (scheduler, use_cfg, progress)
         if key not in self._compiled:
             self._compiled[key] = jax.jit(
                 lambda *a: self._generate(scheduler, use_cfg, progress, *a), static_argnums=(10,)
             )
         return self._compiled[key]
 
-    def _generate(self, scheduler, use_cfg, progress, params, context, added, guidance,
-                  rescale, tables, seed, noise, image, start, shape):  # fmt: skip
+    def _generate(self, scheduler, use_cfg, progress, params, context, added, noise, image,
+                  guidance, rescale, tables, seed, start, shape):  # fmt: skip
         """Noise (or a noised image) → denoised latents → decoded images, traced once per
         static configuration."""
         self.trace_count += 1
@@ -204,6 +214,21 @@ def _as_list(value, n: int) -> list[str] | None:
 def _repeat(pair, times: int):
     """Each prompt's embeddings `times` times in a row (diffusers' num_images_per_prompt)."""
     return tuple(None if x is None else jnp.repeat(x, times, axis=0) for x in pair)
+
+
+def _place_batch(mesh, tree):
+    """Inputs with a leading batch axis: split over the mesh's data × fsdp axes."""
+    if mesh is None:
+        return tree
+    return jax.tree.map(
+        lambda x: jax.device_put(x, batch_sharding(mesh, x.ndim, shape=x.shape)), tree
+    )
+
+
+def _place_replicated(mesh, tree):
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def _check_size(height: int, width: int, factor: int) -> None:

@@ -54,6 +54,12 @@ def family_for(config: Mapping[str, Any], where: str = "config.json") -> tuple[s
     return name, FAMILIES[name]
 
 
+def family_of(module: nn.Module) -> Family:
+    """The family of a component model built by `load_component` (by its class name)."""
+    _ensure_registered()
+    return FAMILIES[type(module).__name__]
+
+
 def param_shapes(module: nn.Module, family: Family) -> dict:
     """The param tree of `module` as `jax.ShapeDtypeStruct`s (nothing is computed)."""
     args, kwargs = family.example_inputs(module)
