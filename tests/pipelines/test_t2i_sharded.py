@@ -25,7 +25,7 @@ def test_sharded_pipeline_equals_one_device(pipe, spec):
     single = pipe(prompts, **kwargs)
     mesh = make_mesh(spec)
     sharded = pipe(prompts, mesh=mesh, **kwargs)
-    # measured ≤ 3e-7: only the order of sharded reductions differs
+    # measured 3.3e-6 and 2.2e-6: only the order of the sharded reductions differs
     assert np.abs(sharded - single).max() <= 1e-5
     unet_params = pipe._params_on(mesh)[0]
     per_device = per_device_bytes(unet_params)
