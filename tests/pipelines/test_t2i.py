@@ -170,3 +170,13 @@ def test_img2img_strength_matches_diffusers(sd_folder, sd_pipe, monkeypatch, sch
     ours = sd_pipe(prompts, image=image, latents=noise.transpose(0, 2, 3, 1), scheduler=scheduler,
                    **kwargs)  # fmt: skip
     _compare(ours, expected)
+
+
+def test_converted_orbax_folder_gives_the_same_images(sd_folder, sd_pipe, tmp_path):
+    from tests.weights.tiny_models import load_cli
+
+    load_cli().main([str(sd_folder), "--out", str(tmp_path / "flax")])
+    converted = mv2_jax.load_pipeline(tmp_path / "flax")
+    kwargs = dict(num_inference_steps=5, guidance_scale=7.5, scheduler="ddim", seed=4)
+    prompts = ["a photo", "a cat"]
+    np.testing.assert_array_equal(converted(prompts, **kwargs), sd_pipe(prompts, **kwargs))
