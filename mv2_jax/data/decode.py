@@ -17,6 +17,8 @@ from PIL import Image
 
 from mv2_jax.media import _frame_rgb  # the colour conversion media.read_video uses
 
+SKIP_REASONS = ("corrupt_video", "too_short", "unreadable_image", "empty_caption")
+
 
 class BadExample(Exception):
     """A record that cannot become a training example; `reason` is the skip counter's key."""

@@ -1,0 +1,1 @@
+"""Tests of mv2_jax.data."""
