@@ -82,5 +82,5 @@ def test_rebuild_needs_overwrite(tmp_path, image_folder):
 
 
 def test_open_dataset_names_the_build_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match="build one with `python -m mv2_jax.data.build"):
+    with pytest.raises(FileNotFoundError, match=r"build one with `python -m mv2_jax\.data\.build"):
         open_dataset(tmp_path, "video_text", "python -m mv2_jax.data.build video ...")

@@ -73,15 +73,16 @@ def test_is_image_step_schedule():
     assert sum(is_image_step(s, 0.3) for s in range(1000)) == 300
 
 
+_BAD = {2: "corrupt_video", 5: "corrupt_video", 7: "empty_caption"}
+
+
 class _Flaky:
     """Records 0..9; 2 and 5 are 'corrupt', 7 has an 'empty caption'."""
 
-    bad = {2: "corrupt_video", 5: "corrupt_video", 7: "empty_caption"}
-
     def __call__(self, item):
-        position, record = item
-        if record in self.bad:
-            return {"skip": self.bad[record]}
+        _, record = item
+        if record in _BAD:
+            return {"skip": _BAD[record]}
         return {"record": record, "caption": f"r{record}"}
 
 
@@ -98,10 +99,10 @@ def test_batcher_skips_and_counts_exactly():
     order = [e["record"] for e in _take(_stream(10, seed=1), consumed)]
     expected = {"corrupt_video": 0, "empty_caption": 0}
     for record in order:
-        if record in _Flaky.bad:
-            expected[_Flaky.bad[record]] += 1
+        if record in _BAD:
+            expected[_BAD[record]] += 1
     assert batcher.skipped == expected and expected["corrupt_video"] >= 2
-    good = [r for r in order if r not in _Flaky.bad]
+    good = [r for r in order if r not in _BAD]
     assert np.concatenate([b["record"] for b in batches]).tolist() == good
     assert batches[0]["caption"].dtype == object and batches[0]["caption"][0] == f"r{good[0]}"
     np.testing.assert_array_equal(batches[0]["is_image"], [False] * 3)
