@@ -54,11 +54,22 @@ def sharded_elements(
     options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch_elements)
     stream = elements.to_iter_dataset(options)
     if num_workers > 0:
+        _allow_unparsed_absl_flags()
         per_worker = max(1, prefetch_elements // num_workers)
         stream = stream.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=per_worker)
         )
     return stream
+
+
+def _allow_unparsed_absl_flags() -> None:
+    """grain's worker processes read absl flags, which fails when the program never parsed
+    them (anything not started by `absl.app.run`; google/grain#1355). Their defaults are what
+    we want then, so say they were parsed."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def _stack(values: list) -> np.ndarray:
