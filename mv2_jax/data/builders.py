@@ -123,7 +123,7 @@ class ImageTextBuilder(_CaptionedFilesBuilder):
         super().__init__(rows=rows, **kwargs)
 
     def _example(self, row: dict, skipped: Counter) -> dict | None:
-        if "image" in row:  # parquet: the bytes are in the row
+        if self._images_dir is None:  # parquet: the bytes are in the row
             data = row["image"]
             if not data:
                 skipped["missing_image"] += 1

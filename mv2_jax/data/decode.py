@@ -79,7 +79,7 @@ def decode_clip(
             else:
                 frames = _decode_until(container, stream, None)
                 wanted = clip_indices(len(frames), num_frames, step, rng)
-    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as e:
         raise BadExample("corrupt_video", str(e)) from e
     return np.stack([frames[i] for i in wanted])
 
@@ -100,7 +100,7 @@ def decode_image(data: bytes) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             return np.asarray(image.convert("RGB"))[None]
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadExample("unreadable_image", str(e)) from e
 
 
