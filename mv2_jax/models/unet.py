@@ -108,6 +108,7 @@ class UNet2DConditionModel(nn.Module):
     projection_class_embeddings_input_dim: int | None = None
     class_embeddings_concat: bool = False
     attention_implementation: str = "auto"
+    remat_policy: str = "none"  # training only: see mv2_jax.models.remat
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -278,6 +279,7 @@ class UNet2DConditionModel(nn.Module):
             resnet_groups=self.norm_num_groups,
             resnet_act_fn=self.act_fn,
             resnet_time_scale_shift=self.resnet_time_scale_shift,
+            remat_policy=self.remat_policy,
             **kw,
         )
 

@@ -14,13 +14,15 @@ import jax
 import jax.numpy as jnp
 
 from mv2_jax.models.attention import Attention
+from mv2_jax.models.remat import remat
 from mv2_jax.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from mv2_jax.models.transformer import Transformer2DModel
 
 
 class _Stage(nn.Module):
     """Fields shared by every UNet stage; `transformer_layers` has one entry per ResNet, and
-    a stage without cross-attention has `transformer_layers=None`."""
+    a stage without cross-attention has `transformer_layers=None`. `remat_policy` (see
+    `mv2_jax.models.remat`) recomputes each ResNet / transformer in the backward pass."""
 
     out_channels: int
     num_layers: int
@@ -35,11 +37,12 @@ class _Stage(nn.Module):
     resnet_time_scale_shift: str = "default"
     output_scale_factor: float = 1.0
     attention_implementation: str = "auto"
+    remat_policy: str = "none"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     def resnet(self, i: int) -> ResnetBlock2D:
-        return ResnetBlock2D(
+        return remat(ResnetBlock2D, self.remat_policy)(
             self.out_channels,
             temb_channels=self.temb_channels,
             groups=self.resnet_groups,
@@ -53,7 +56,7 @@ class _Stage(nn.Module):
         )
 
     def transformer(self, i: int) -> Transformer2DModel:
-        return Transformer2DModel(
+        return remat(Transformer2DModel, self.remat_policy)(
             num_attention_heads=self.num_attention_heads,
             attention_head_dim=self.out_channels // self.num_attention_heads,
             num_layers=self.transformer_layers[i],

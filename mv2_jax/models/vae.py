@@ -239,6 +239,22 @@ class AutoencoderKL(nn.Module):
         if self.use_post_quant_conv:
             self.post_quant_conv = conv(self.latent_channels, 1, **kw)
 
+    def to_diffusion_latents(self, z: jax.Array) -> jax.Array:
+        """VAE latents → the unit-scale latents the UNet sees: `z·scaling_factor`, or
+        `(z − mean)·scaling_factor/std` when the config gives per-channel statistics (the
+        pipelines' convention; plain attribute math, no params: call it on the module)."""
+        if self.latents_mean is not None and self.latents_std is not None:
+            mean, std = jnp.asarray(self.latents_mean), jnp.asarray(self.latents_std)
+            return (z - mean) * self.scaling_factor / std
+        return z * self.scaling_factor
+
+    def from_diffusion_latents(self, latents: jax.Array) -> jax.Array:
+        """The inverse of `to_diffusion_latents`, before `decode`."""
+        if self.latents_mean is not None and self.latents_std is not None:
+            mean, std = jnp.asarray(self.latents_mean), jnp.asarray(self.latents_std)
+            return latents * std / self.scaling_factor + mean
+        return latents / self.scaling_factor
+
     def _moments(self, x: jax.Array) -> jax.Array:
         h = self.encoder(x)
         return self.quant_conv(h) if self.use_quant_conv else h

@@ -97,9 +97,11 @@ class TextToImagePipeline:
         context, pooled = _repeat(cond, num_images_per_prompt)
         batch = context.shape[0]
         if self.text.sdxl:
-            time_ids = (original_size or (height, width)) + tuple(crops_coords_top_left)
-            time_ids = jnp.tile(
-                jnp.asarray([time_ids + (target_size or (height, width))], jnp.float32), (batch, 1)
+            time_ids = sdxl_time_ids(
+                batch,
+                original_size or (height, width),
+                crops_coords_top_left,
+                target_size or (height, width),
             )
         if use_cfg:
             uncond, uncond_pooled = _repeat(
@@ -183,23 +185,21 @@ class TextToImagePipeline:
         return self._decode(vae_params, latents)
 
     def _encode(self, vae_params, image):
-        vae = self.vae
-        latents = vae.apply({"params": vae_params}, 2 * image - 1, method="encode").mode()
-        if vae.latents_mean is not None and vae.latents_std is not None:
-            mean, std = jnp.asarray(vae.latents_mean), jnp.asarray(vae.latents_std)
-            return (latents - mean) * vae.scaling_factor / std
-        return latents * vae.scaling_factor
+        latents = self.vae.apply({"params": vae_params}, 2 * image - 1, method="encode").mode()
+        return self.vae.to_diffusion_latents(latents)
 
     def _decode(self, vae_params, latents):
         vae = self.vae
-        if vae.latents_mean is not None and vae.latents_std is not None:
-            latents = latents * jnp.asarray(vae.latents_std) / vae.scaling_factor + jnp.asarray(
-                vae.latents_mean
-            )
-        else:
-            latents = latents / vae.scaling_factor
+        latents = vae.from_diffusion_latents(latents)
         images = vae.apply({"params": vae_params}, latents, method="decode")
         return jnp.clip(images / 2 + 0.5, 0.0, 1.0)
+
+
+def sdxl_time_ids(batch: int, original_size, crop_top_left, target_size) -> jax.Array:
+    """SDXL's micro-conditioning `[B, 6]`: original size, crop corner and target size, each
+    (height, width), as the UNet's `added_cond_kwargs["time_ids"]` (Podell et al. 2023, §2.2)."""
+    row = (*original_size, *crop_top_left, *target_size)
+    return jnp.tile(jnp.asarray([row], jnp.float32), (batch, 1))
 
 
 def _as_list(value, n: int) -> list[str] | None:

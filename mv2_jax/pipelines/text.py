@@ -25,6 +25,16 @@ def load_tokenizer(folder: Path):
     return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
+def prompt_embeddings(outputs: Sequence[Any]) -> tuple[jax.Array, jax.Array | None]:
+    """`(embeds [B,L,D], pooled [B,P] or None)` from the text encoders' outputs (called with
+    `output_hidden_states=True`): one encoder (SD1.x/2.x) gives its last hidden state; two
+    (SDXL) give their penultimate hidden states side by side and the second's `text_embeds`."""
+    if len(outputs) == 1:
+        return outputs[0].last_hidden_state, None
+    embeds = jnp.concatenate([o.hidden_states[-2] for o in outputs], axis=-1)
+    return embeds, outputs[-1].text_embeds
+
+
 @dataclass
 class TextEncoder:
     """One tokenizer + one Flax CLIP text encoder; `jit` is compiled once per sequence shape."""
@@ -64,11 +74,7 @@ class PromptEncoder:
 
     def encode(self, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array | None]:
         """`(embeds [B,L,D], pooled [B,P] or None)` as diffusers' `encode_prompt` computes them."""
-        if not self.sdxl:
-            return self.encoders[0](prompts).last_hidden_state, None
-        outputs = [encoder(prompts) for encoder in self.encoders]
-        embeds = jnp.concatenate([o.hidden_states[-2] for o in outputs], axis=-1)
-        return embeds, outputs[-1].text_embeds
+        return prompt_embeddings([encoder(prompts) for encoder in self.encoders])
 
     def encode_negative(
         self, negative: Sequence[str] | None, cond: tuple[jax.Array, jax.Array | None]

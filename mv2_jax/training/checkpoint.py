@@ -1,0 +1,142 @@
+"""Checkpoints of a run under `WORKDIR/checkpoints/<step>/`: orbax `CheckpointManager` (async
+saves, the newest N kept, sharded restore straight onto the mesh) with four items:
+
+- `params`: the trained model's params (all of them, frozen ones too);
+- `ema`: the EMA of the trainable params;
+- `train`: step, optimizer state and the run's PRNG key;
+- `data`: each process's input-iterator state (grain's per-process JSON files);
+- `meta`: what model this is (param paths and shapes) and the config, to refuse a checkpoint
+  of another model with an error that names the difference.
+
+A step directory appears only once all items are written, so a run killed mid-save resumes
+from the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from mv2_jax.training.optim import merge_params
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> Path:
+    return Path(workdir).absolute() / "checkpoints"
+
+
+def make_manager(workdir, keep: int = 3, save_every: int = 1) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=True
+    )
+    handlers = {
+        "params": ocp.StandardCheckpointHandler(),
+        "ema": ocp.StandardCheckpointHandler(),
+        "train": ocp.StandardCheckpointHandler(),
+        "data": grain.checkpoint.CheckpointHandler(),
+        "meta": ocp.JsonCheckpointHandler(),
+    }
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+
+
+def model_signature(params: Any) -> dict[str, list[int]]:
+    """`{"/"-joined param path: shape}`: what must match for a checkpoint to fit a model."""
+    flat = traverse_util.flatten_dict(params)
+    return {"/".join(path): list(np.shape(leaf)) for path, leaf in sorted(flat.items())}
+
+
+def check_same_model(saved: dict, expected: dict, where: Path) -> None:
+    """Raise naming the missing, unexpected and re-shaped params if `saved` ≠ `expected`."""
+    if saved == expected:
+        return
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    reshaped = [f"{k}: {saved[k]} vs {expected[k]}" for k in expected if k in saved
+                and saved[k] != expected[k]]  # fmt: skip
+    lines = [f"{where} holds a checkpoint of a different model than this config builds:"]
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("shape", reshaped)):
+        if items:
+            lines.append(f"  {title} ({len(items)}): {', '.join(items[:5])}")
+    lines.append("Use a new --workdir for a new model, or the config this run was started with.")
+    raise ValueError("\n".join(lines))
+
+
+def save(manager: ocp.CheckpointManager, state, iterator, meta: dict, force=False) -> bool:
+    """Start an async save of `state` at its step; returns whether one was started."""
+    step = int(jax.device_get(state.step))
+    train = {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
+    return manager.save(
+        step,
+        args=ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params),
+            ema=ocp.args.StandardSave(state.ema),
+            train=ocp.args.StandardSave(train),
+            data=grain.checkpoint.CheckpointSave(iterator),
+            meta=ocp.args.JsonSave(meta),
+        ),
+        force=force,
+    )
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state, iterator, expected_meta: dict):
+    """The latest checkpoint's state, restored onto the shardings of `abstract_state` (a
+    `TrainState` of `jax.ShapeDtypeStruct`s with `.sharding`), and the iterator set to where
+    it was; None if there is none yet."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    where = Path(manager.directory) / str(step)
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    check_same_model(meta["model"], expected_meta["model"], where)
+    train = {
+        "step": abstract_state.step,
+        "opt_state": abstract_state.opt_state,
+        "rng": abstract_state.rng,
+    }
+    items = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_state.params),
+            ema=ocp.args.StandardRestore(abstract_state.ema),
+            train=ocp.args.StandardRestore(train),
+            data=grain.checkpoint.CheckpointRestore(iterator),
+        ),
+    )
+    return abstract_state.replace(
+        step=items["train"]["step"],
+        params=items["params"],
+        opt_state=items["train"]["opt_state"],
+        ema=items["ema"],
+        rng=items["train"]["rng"],
+    )
+
+
+def restore_params(workdir: str | os.PathLike, step: int | None = None, ema: bool = False):
+    """The trained model's params of a run's checkpoint (the latest unless `step`), as numpy
+    arrays on the host; `ema=True` puts the EMA weights in place of the trained ones."""
+    directory = checkpoint_dir(workdir)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no checkpoints; is {workdir} a train.py workdir?")
+    handlers = {"params": ocp.StandardCheckpointHandler(), "ema": ocp.StandardCheckpointHandler()}
+    with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
+        steps = manager.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{directory}: no finished checkpoint yet")
+        if step is None:
+            step = max(steps)
+        elif step not in steps:
+            raise ValueError(f"{directory}: no checkpoint at step {step}; there are {steps}")
+        names = ("params", "ema") if ema else ("params",)
+        items = manager.restore(
+            step, args=ocp.args.Composite(**{n: ocp.args.StandardRestore() for n in names})
+        )
+    params = jax.tree.map(np.asarray, items["params"])
+    if ema:
+        params = merge_params(jax.tree.map(np.asarray, items["ema"]), params)
+    return params

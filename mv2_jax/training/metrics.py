@@ -1,0 +1,79 @@
+"""Training metrics, written by process 0 only: one JSON object per logged step in
+`WORKDIR/metrics.jsonl` (appended, so a resumed run continues the file) and TensorBoard event
+files under `WORKDIR/tensorboard/` via tensorboardX (no TensorFlow needed).
+
+Throughput: samples/s over the interval since the last log; TFLOP/s from the XLA cost analysis
+of the compiled step (the FLOPs XLA counts, per device); MFU against
+`config.peak_tflops_per_device` when it is set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+
+
+def compiled_flops(compiled) -> float | None:
+    """FLOPs of one call of a compiled jit function, per device (None if XLA won't say)."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # some backends raise instead of returning nothing
+        return None
+    if isinstance(analysis, list | tuple):
+        analysis = analysis[0] if analysis else None
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str | Path, *, enabled: bool, peak_tflops: float = 0.0):
+        self.enabled = enabled
+        self.peak_tflops = peak_tflops
+        self.flops_per_step: float | None = None  # per device
+        self._last = None
+        self._tb = None
+        if enabled:
+            workdir = Path(workdir)
+            workdir.mkdir(parents=True, exist_ok=True)
+            self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+
+    def start_interval(self, step: int) -> None:
+        """Mark the (step, time) the next throughput figures are measured from."""
+        self._last = (step, time.perf_counter())
+
+    def write(self, step: int, metrics: dict[str, Any], batch_size: int, **extra) -> dict:
+        """Log the device `metrics` (fetched here) and host `extra` values at `step`."""
+        row = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.perf_counter()
+        if self._last is not None and step > self._last[0]:
+            seconds = (now - self._last[1]) / (step - self._last[0])
+            row["seconds_per_step"] = seconds
+            row["samples_per_second"] = batch_size / seconds
+            if self.flops_per_step:
+                tflops = self.flops_per_step / seconds / 1e12
+                row["tflops_per_device"] = tflops
+                if self.peak_tflops > 0:
+                    row["mfu"] = tflops / self.peak_tflops
+        self._last = (step, now)
+        row.update(extra)
+        row["step"] = step
+        if self.enabled:
+            self._jsonl.write(json.dumps(row) + "\n")
+            for key, value in row.items():
+                if key != "step" and isinstance(value, int | float) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+        return row
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()

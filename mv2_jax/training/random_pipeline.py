@@ -1,0 +1,77 @@
+"""A randomly initialised pipeline folder, for training from scratch: the configs give each
+component's diffusers / transformers config, this writes the same folder layout that
+`convert/to_flax.py` writes (model_index.json, orbax params per component, tokenizer,
+scheduler), so training from scratch and fine-tuning converted weights share one code path, and
+the result loads with `mv2_jax.load_pipeline`.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from mv2_jax.weights.convert import write_component
+from mv2_jax.weights.load import build_module
+
+# Lower-case text is all CLIP's tokenizer passes on; every character is a token on its own
+# (mid-word) and with the end-of-word mark, so no merges are needed.
+_CHARACTERS = string.ascii_lowercase + string.digits + string.punctuation
+
+
+def write_char_tokenizer(folder: Path, max_length: int = 77) -> Path:
+    """A character-level CLIP tokenizer (vocab.json, empty merges.txt, tokenizer_config.json):
+    transformers' `CLIPTokenizer` reads it like any CLIP vocabulary. Vocabulary size
+    `char_vocab_size()`; characters outside it become `<|endoftext|>` (CLIP's unknown)."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["<|startoftext|>", "<|endoftext|>", *_CHARACTERS, *(c + "</w>" for c in _CHARACTERS)]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length
+    )
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def char_vocab_size() -> int:
+    return 2 + 2 * len(_CHARACTERS)
+
+
+def _random_component(config: Mapping[str, Any], seed: int, out: Path) -> None:
+    module, family = build_module(dict(config), jnp.float32, where=str(out / "config.json"))
+    args, kwargs = family.example_inputs(module)
+    params = jax.jit(lambda rng: nn.meta.unbox(module.init(rng, *args, **kwargs)["params"]))(
+        jax.random.key(seed)
+    )
+    write_component(out, config, params)
+
+
+def write_random_pipeline(model: Mapping[str, Any], folder: Path, seed: int) -> Path:
+    """A `StableDiffusionPipeline`-layout folder from the `model` config section: `unet`, `vae`,
+    `text_encoder` (configs with `_class_name` / `architectures`) and `scheduler`
+    (a `scheduler_config.json` dict), random weights from `seed`, and a character tokenizer."""
+    folder = Path(folder)
+    components = {"unet": 0, "vae": 1, "text_encoder": 2}
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1"}
+    for name, offset in components.items():
+        config = dict(model[name])
+        _random_component(config, seed + offset, folder / name)
+        library = "transformers" if "architectures" in config else "diffusers"
+        index[name] = [library, config.get("_class_name") or config["architectures"][0]]
+    write_char_tokenizer(folder / "tokenizer", model.get("max_text_length", 77))
+    index["tokenizer"] = ["transformers", "CLIPTokenizer"]
+    scheduler = dict(model["scheduler"])
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
+    index["scheduler"] = ["diffusers", scheduler["_class_name"]]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder

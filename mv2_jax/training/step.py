@@ -1,0 +1,94 @@
+"""One optimizer step: the stage's loss over the global batch (as `grad_accum_steps` scanned
+micro-batches), global-norm clipping and AdamW on the trainable params, and their EMA.
+
+Example i of the step's global batch gets the key `fold_in(fold_in(rng, step), i)`, so its
+noise, timestep and caption dropout do not depend on the device layout, the number of
+processes, or how the batch is split into micro-batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mv2_jax.training.optim import merge_params, split_params
+from mv2_jax.training.state import TrainState
+
+LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, dict]]
+
+
+def example_keys(rng_data: jax.Array, step: jax.Array, batch_size: int) -> jax.Array:
+    """Keys `[B]` of the step's examples."""
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(rng_data), step)
+    return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(batch_size))
+
+
+def _micro_batches(tree: Any, n: int) -> Any:
+    """`[B, ...]` → `[n, B/n, ...]` with micro-batch j holding examples j, j+n, j+2n, …, so
+    each micro-batch is spread over all the devices the batch is sharded over."""
+
+    def split(x):
+        return jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, tree)
+
+
+def make_train_step(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    paths,
+    *,
+    grad_accum_steps: int = 1,
+    ema_decay: float = 0.0,
+    learning_rate: optax.Schedule | None = None,
+) -> Callable[[TrainState, Any, dict], tuple[TrainState, dict]]:
+    """`step(state, consts, batch) → (state, metrics)`; `loss_fn(params, consts, batch, keys)`
+    is the stage's loss of one micro-batch. Jit it with the state's shardings and donate the
+    state."""
+
+    def grads_of(trainable, frozen, consts, batch, keys):
+        def loss_of(t):
+            return loss_fn(merge_params(t, frozen), consts, batch, keys)
+
+        (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
+        return loss, aux, grads
+
+    def step(state: TrainState, consts: Any, batch: dict) -> tuple[TrainState, dict]:
+        batch_size = jax.tree.leaves(batch)[0].shape[0]
+        keys = example_keys(state.rng, state.step, batch_size)
+        trainable, frozen = split_params(state.params, paths)
+        if grad_accum_steps == 1:
+            loss, aux, grads = grads_of(trainable, frozen, consts, batch, keys)
+        else:
+            micro = _micro_batches((batch, keys), grad_accum_steps)
+
+            def accumulate(total, xs):
+                loss, aux, grads = grads_of(trainable, frozen, consts, *xs)
+                return jax.tree.map(jnp.add, total, (loss, aux, grads)), None
+
+            zero = jax.eval_shape(grads_of, trainable, frozen, consts, *jax.tree.map(
+                lambda x: x[0], micro
+            ))  # fmt: skip
+            zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
+            total, _ = jax.lax.scan(accumulate, zero, micro)
+            loss, aux, grads = jax.tree.map(lambda x: x / grad_accum_steps, total)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        ema = optax.incremental_update(trainable, state.ema, 1.0 - ema_decay)
+        metrics = dict(aux, loss=loss, grad_norm=grad_norm)
+        if learning_rate is not None:
+            metrics["lr"] = learning_rate(state.step)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=merge_params(trainable, frozen),
+            opt_state=opt_state,
+            ema=ema,
+        )
+        return new_state, metrics
+
+    return step

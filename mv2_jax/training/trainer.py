@@ -1,0 +1,223 @@
+"""The training loop shared by every stage, in the order it runs: mesh → model → data →
+sharded state (restored if the workdir has a checkpoint) → jitted step → loop with metrics
+and checkpoints. `train.py` parses the command line and calls `train(config, workdir)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import jax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from mv2_jax.parallel.mesh import make_mesh
+from mv2_jax.parallel.sharding import batch_sharding, module_shardings_for
+from mv2_jax.training import checkpoint
+from mv2_jax.training.metrics import MetricsWriter, compiled_flops
+from mv2_jax.training.optim import learning_rate_schedule, make_optimizer, trainable_paths
+from mv2_jax.training.random_pipeline import write_random_pipeline
+from mv2_jax.training.state import TrainState, create_state, init_state_on_mesh, state_shardings
+from mv2_jax.training.step import make_train_step
+from mv2_jax.training.t2i import TextToImageStage
+
+log = logging.getLogger(__name__)
+
+STAGES = {"t2i": TextToImageStage}
+
+
+def check_config(config) -> None:
+    """Errors that would otherwise surface minutes later, deep in a trace."""
+    if config.stage not in STAGES:
+        raise ValueError(f"config.stage={config.stage!r}; choose one of {sorted(STAGES)}")
+    per_step = jax.process_count() * config.grad_accum_steps
+    if config.batch_size % per_step:
+        raise ValueError(
+            f"batch_size={config.batch_size} must be divisible by processes × grad_accum_steps "
+            f"= {jax.process_count()} × {config.grad_accum_steps}"
+        )
+    if not (config.model.pipeline or config.model.init):
+        raise ValueError("set config.model.pipeline (a pipeline folder) or config.model.init")
+    if config.model.pipeline and not Path(config.model.pipeline).is_dir():
+        raise FileNotFoundError(
+            f"config.model.pipeline={config.model.pipeline!r}: no such folder (a diffusers "
+            "pipeline folder, or one written by convert/to_flax.py)"
+        )
+    d = config.data
+    if not (d.video_dir or d.image_dir or d.precomputed_dir):
+        raise ValueError(
+            "no training data: set config.data.image_dir, video_dir or precomputed_dir "
+            "(build one with `python -m mv2_jax.data.build --help`)"
+        )
+
+
+def model_folder(config, workdir: Path) -> Path:
+    """The pipeline folder the run starts from; for a random init, written once (process 0)
+    to WORKDIR/init_pipeline, where resumed runs and other processes find it."""
+    if config.model.pipeline:
+        return Path(config.model.pipeline)
+    folder = workdir / "init_pipeline"
+    if jax.process_index() == 0 and not (folder / "model_index.json").exists():
+        partial = workdir / "init_pipeline.partial"
+        write_random_pipeline(config.model.init.to_dict(), partial, config.seed)
+        partial.rename(folder)
+    multihost_utils.sync_global_devices("init_pipeline written")
+    return folder
+
+
+def data_iterator(config):
+    from mv2_jax.data import make_precomputed_iterator, make_train_iterator
+
+    d = config.data
+    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    if d.precomputed_dir:
+        return make_precomputed_iterator(
+            d.precomputed_dir, global_batch_size=config.batch_size, seed=config.seed, **shard
+        )
+    return make_train_iterator(
+        video_dir=d.video_dir or None,
+        image_dir=d.image_dir or None,
+        # The ratio only chooses between two sources; with one, every step uses it.
+        image_ratio=d.image_ratio if d.video_dir and d.image_dir else float(not d.video_dir),
+        global_batch_size=config.batch_size,
+        num_frames=d.num_frames,
+        height=d.height,
+        width=d.width,
+        frame_stride=d.frame_stride,
+        target_fps=d.target_fps or None,
+        random_crop=d.random_crop,
+        seed=config.seed,
+        num_workers=d.num_workers,
+        prefetch=d.prefetch,
+        **shard,
+    )
+
+
+def global_batch(local: dict, mesh, rules) -> dict:
+    """Each process's rows → one global array per key, sharded over the batch axes."""
+
+    def place(x):
+        shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
+        sharding = batch_sharding(mesh, x.ndim, shape=shape, rules=rules)
+        return jax.make_array_from_process_local_data(sharding, x, shape)
+
+    return {k: place(v) for k, v in local.items()}
+
+
+def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
+    """Train until `config.total_steps`, resuming from the newest checkpoint in `workdir`."""
+    check_config(config)
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if is_main:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    # ---- mesh and model
+    mesh = make_mesh(config.mesh)
+    rules = tuple(tuple(rule) for rule in config.sharding_rules)
+    stage = STAGES[config.stage].from_config(config, model_folder(config, workdir))
+    param_shardings = module_shardings_for(stage.denoiser, mesh, rules)
+    abstract_params = jax.tree.map(
+        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, stage.param_dtype, sharding=sharding),
+        _param_shapes(stage.denoiser),
+        param_shardings,
+    )
+    paths = trainable_paths(abstract_params, config.trainable)
+    optimizer = make_optimizer(config)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    consts = jax.device_put(stage.consts, replicated)
+
+    # ---- data and state: the newest checkpoint, else a fresh state from the pipeline's params
+    iterator = data_iterator(config)
+    abstract_state = jax.eval_shape(
+        lambda p: create_state(p, optimizer, paths, config.seed), abstract_params
+    )
+    shardings = state_shardings(abstract_state, param_shardings, optimizer, paths, mesh)
+    abstract_state = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        abstract_state,
+        shardings,
+    )
+    meta = {"model": checkpoint.model_signature(abstract_params), "stage": config.stage}
+    manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
+    state = checkpoint.restore(manager, abstract_state, iterator, meta)
+    if state is None:
+        state = init_state_on_mesh(
+            lambda: stage.load_params(param_shardings),
+            param_shardings,
+            optimizer,
+            paths,
+            config.seed,
+            mesh,
+        )
+    else:
+        log.info("resumed from %s at step %d", manager.directory, int(state.step))
+
+    # ---- the jitted step
+    step_fn = make_train_step(
+        stage.loss,
+        optimizer,
+        paths,
+        grad_accum_steps=config.grad_accum_steps,
+        ema_decay=config.ema_decay,
+        learning_rate=learning_rate_schedule(config),
+    )
+    jitted = jax.jit(step_fn, out_shardings=(shardings, replicated), donate_argnums=(0,))
+    writer = MetricsWriter(workdir, enabled=is_main, peak_tflops=config.peak_tflops_per_device)
+
+    # ---- the loop
+    start = int(jax.device_get(state.step))
+    bar = tqdm(
+        total=config.total_steps, initial=start, disable=not is_main, desc="train", unit="step"
+    )
+    trace_until = None
+    for step in range(start, config.total_steps):
+        batch = global_batch(stage.prepare(next(iterator)), mesh, rules)
+        if writer.flops_per_step is None and step == start:
+            writer.flops_per_step = compiled_flops(jitted.lower(state, consts, batch).compile())
+        if profile and step == start + 1:
+            jax.profiler.start_trace(str(workdir / "profile"))
+            trace_until = step + config.profile_steps
+        state, metrics = jitted(state, consts, batch)
+        done = step + 1
+        if trace_until is not None and done >= trace_until:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            trace_until = None
+        if step == start:
+            writer.start_interval(done)
+        elif done % config.log_every == 0 or done == config.total_steps:
+            row = writer.write(done, metrics, config.batch_size, **_skipped(iterator))
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            _check_finite(row, done)
+        if done % config.checkpoint_every == 0 or done == config.total_steps:
+            checkpoint.save(manager, state, iterator, meta)
+        bar.update(1)
+    bar.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    return state
+
+
+def _param_shapes(module):
+    from mv2_jax.weights.registry import family_of, param_shapes
+
+    return param_shapes(module, family_of(module))
+
+
+def _skipped(iterator) -> dict:
+    counts = getattr(iterator, "skipped", {}) or {}
+    return {f"skipped/{reason}": int(n) for reason, n in counts.items()}
+
+
+def _check_finite(row: dict, step: int) -> None:
+    if not math.isfinite(row["loss"]):
+        raise FloatingPointError(
+            f"loss is {row['loss']} at step {step}; the last checkpoint is intact. Lower lr, "
+            "raise warmup_steps or check the data."
+        )

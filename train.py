@@ -1,0 +1,65 @@
+"""Train a stage of the cascade: `python train.py --config configs/t2i.py:tiny --workdir DIR`.
+
+Configs are ml_collections files with named variants (`file.py:variant`); any key can be
+overridden with `--config.key=value` (unknown keys are an error). A run resumes from the newest
+checkpoint in `--workdir` by itself. Multi-host: pass `--coordinator_address`,
+`--num_processes` and `--process_id` (or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+JAX_PROCESS_ID; on Cloud TPU nothing is needed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training config file, e.g. configs/t2i.py:tiny.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Folder for checkpoints, metrics and the config; a run resumes from it."
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host: HOST:PORT of process 0's coordinator."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+_CPU_COLLECTIVES = flags.DEFINE_string(
+    "cpu_collectives", None, "Multi-process on CPU: 'gloo' (for tests on one machine)."
+)
+_PROFILE = flags.DEFINE_bool(
+    "profile", False, "Write a jax.profiler trace of a few steps to WORKDIR/profile."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _initialize_distributed() -> None:
+    import jax
+
+    if _CPU_COLLECTIVES.value:
+        jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
+    explicit = _COORDINATOR.value or _NUM_PROCESSES.value is not None
+    if explicit or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every read at INFO
+    logging.getLogger("mv2_jax").setLevel(logging.INFO)
+    _initialize_distributed()
+    from mv2_jax.training.trainer import train
+
+    train(_CONFIG.value, _WORKDIR.value, profile=_PROFILE.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
