@@ -2,8 +2,9 @@
 grain → per-process batches of pixels and captions.
 
 Batches (numpy): `{"pixels": float32 [b, F, H, W, 3] in [-1, 1] (F = 1 for images),
-"caption": object array of str [b], "is_image": bool [b]}` with `b = global_batch_size //
-process_count`. Captions are not tokenized here. See docs/data.md.
+"caption": object array of str [b], "position": int64 [b], "is_image": bool [b]}` with
+`b = global_batch_size // process_count`; `position` is each example's place in the global
+order. Captions are not tokenized here. See docs/data.md.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ class ClipSpec:
 
 
 class LoadExample:
-    """`(global position, record index)` → `{"pixels": float32 [F, H, W, 3], "caption": str}`,
-    or `{"skip": reason}` for a record that cannot be used.
+    """`(global position, record index)` → `{"pixels": float32 [F, H, W, 3], "caption": str,
+    "position": int}`, or `{"skip": reason}` for a record that cannot be used. The position
+    names the example whatever the process layout (the trainer derives its noise from it).
 
     The random clip start and crop come from `(seed, record index, epoch)` alone, so they do
     not depend on the process count, the workers or the order of reading."""
@@ -55,7 +57,7 @@ class LoadExample:
         rng = np.random.default_rng([self._seed, record_index, epoch])
         record = self._source[record_index]
         try:
-            return self._load(record, rng)
+            return {**self._load(record, rng), "position": position}
         except BadExample as e:
             return {"skip": e.reason}
 

@@ -131,7 +131,7 @@ def precompute_dataset(
 
 
 class LoadPrecomputed:
-    """`(position, record index)` → the record's arrays and caption (str)."""
+    """`(position, record index)` → the record's arrays, caption (str) and global position."""
 
     def __init__(self, source):
         self._source = source
@@ -140,6 +140,7 @@ class LoadPrecomputed:
         record = dict(self._source[item[1]])
         caption = record["caption"]
         record["caption"] = caption.decode("utf-8") if isinstance(caption, bytes) else caption
+        record["position"] = item[0]
         return record
 
 
@@ -157,8 +158,9 @@ def make_precomputed_iterator(
     read_threads: int = 4,
 ) -> TrainIterator:
     """Endless, checkpointable per-process batches `{<encoded keys>: [b, ...], "caption":
-    str [b], "is_image": bool [b]}` from a dataset `precompute_dataset` wrote. With
-    `image_data_dir` (precomputed images) steps alternate as in `make_train_iterator`."""
+    str [b], "position": int64 [b], "is_image": bool [b]}` from a dataset `precompute_dataset`
+    wrote. With `image_data_dir` (precomputed images) steps alternate as in
+    `make_train_iterator`."""
     from mv2_jax.data.builders import open_dataset
 
     check_image_ratio(image_ratio, True, image_data_dir is not None)

@@ -35,14 +35,19 @@ def make_manager(workdir, keep: int = 3, save_every: int = 1) -> ocp.CheckpointM
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=True
     )
-    handlers = {
+    return ocp.CheckpointManager(
+        checkpoint_dir(workdir), options=options, item_handlers=_item_handlers()
+    )
+
+
+def _item_handlers() -> dict:
+    return {
         "params": ocp.StandardCheckpointHandler(),
         "ema": ocp.StandardCheckpointHandler(),
         "train": ocp.StandardCheckpointHandler(),
         "data": grain.checkpoint.CheckpointHandler(),
         "meta": ocp.JsonCheckpointHandler(),
     }
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
 def model_signature(params: Any) -> dict[str, list[int]]:
@@ -123,8 +128,7 @@ def restore_params(workdir: str | os.PathLike, step: int | None = None, ema: boo
     directory = checkpoint_dir(workdir)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no checkpoints; is {workdir} a train.py workdir?")
-    handlers = {"params": ocp.StandardCheckpointHandler(), "ema": ocp.StandardCheckpointHandler()}
-    with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
+    with ocp.CheckpointManager(directory, item_handlers=_item_handlers()) as manager:
         steps = manager.all_steps()
         if not steps:
             raise FileNotFoundError(f"{directory}: no finished checkpoint yet")
@@ -133,8 +137,18 @@ def restore_params(workdir: str | os.PathLike, step: int | None = None, ema: boo
         elif step not in steps:
             raise ValueError(f"{directory}: no checkpoint at step {step}; there are {steps}")
         names = ("params", "ema") if ema else ("params",)
+        metadata = manager.item_metadata(step)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        targets = {  # one device here, whatever mesh the run was saved from
+            name: jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                getattr(metadata[name], "tree", metadata[name]),
+            )
+            for name in names
+        }
         items = manager.restore(
-            step, args=ocp.args.Composite(**{n: ocp.args.StandardRestore() for n in names})
+            step,
+            args=ocp.args.Composite(**{n: ocp.args.StandardRestore(targets[n]) for n in names}),
         )
     params = jax.tree.map(np.asarray, items["params"])
     if ema:

@@ -1,9 +1,10 @@
 """One optimizer step: the stage's loss over the global batch (as `grad_accum_steps` scanned
 micro-batches), global-norm clipping and AdamW on the trainable params, and their EMA.
 
-Example i of the step's global batch gets the key `fold_in(fold_in(rng, step), i)`, so its
-noise, timestep and caption dropout do not depend on the device layout, the number of
-processes, or how the batch is split into micro-batches.
+Each example gets the key `fold_in(fold_in(rng, step), position)`, its place in the data's
+global order (the batch's `position`; the row index when the batch has none), so its noise,
+timestep and caption dropout depend neither on the device layout, nor on the number of
+processes and where their rows land in the global batch, nor on the micro-batch split.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from mv2_jax.training.state import TrainState
 LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, dict]]
 
 
-def example_keys(rng_data: jax.Array, step: jax.Array, batch_size: int) -> jax.Array:
-    """Keys `[B]` of the step's examples."""
+def example_keys(rng_data: jax.Array, step: jax.Array, positions: jax.Array) -> jax.Array:
+    """Keys `[B]` of the step's examples, from their global `positions` `[B]`."""
     step_key = jax.random.fold_in(jax.random.wrap_key_data(rng_data), step)
-    return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(batch_size))
+    return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(positions.astype(jnp.uint32))
 
 
 def _micro_batches(tree: Any, n: int) -> Any:
@@ -58,8 +59,11 @@ def make_train_step(
         return loss, aux, grads
 
     def step(state: TrainState, consts: Any, batch: dict) -> tuple[TrainState, dict]:
-        batch_size = jax.tree.leaves(batch)[0].shape[0]
-        keys = example_keys(state.rng, state.step, batch_size)
+        batch = dict(batch)
+        positions = batch.pop("position", None)
+        if positions is None:
+            positions = jnp.arange(jax.tree.leaves(batch)[0].shape[0])
+        keys = example_keys(state.rng, state.step, positions)
         trainable, frozen = split_params(state.params, paths)
         if grad_accum_steps == 1:
             loss, aux, grads = grads_of(trainable, frozen, consts, batch, keys)

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from mv2_jax.diffusion.schedulers import make_scheduler
 from mv2_jax.models.remat import check_remat_policy
@@ -49,13 +50,18 @@ class TextToImageStage:
     sdxl: bool
 
     @classmethod
-    def from_config(cls, config, pipeline: Path) -> TextToImageStage:
+    def from_config(cls, config, pipeline: Path, mesh) -> TextToImageStage:
+        """The stage of `config` starting from the `pipeline` folder; the frozen encoders'
+        params are replicated over `mesh` (every process holds them whole)."""
         index = read_model_index(pipeline)
         sdxl = bool(index.get("text_encoder_2") and index["text_encoder_2"][0])
         suffixes = ("", "_2") if sdxl else ("",)
         tokenizers = tuple(load_tokenizer(pipeline / f"tokenizer{s}") for s in suffixes)
-        encoders = [load_component(pipeline / f"text_encoder{s}") for s in suffixes]
-        vae, vae_params = load_component(pipeline / "vae")
+        replicated = NamedSharding(mesh, PartitionSpec())
+        encoders = [
+            load_component(pipeline / f"text_encoder{s}", shardings=replicated) for s in suffixes
+        ]
+        vae, vae_params = load_component(pipeline / "vae", shardings=replicated)
         scheduler = make_scheduler(
             json.loads((pipeline / "scheduler" / "scheduler_config.json").read_text()), "ddpm"
         )
@@ -131,6 +137,8 @@ class TextToImageStage:
                 out[key] = np.asarray(batch[key], np.float32)
         if "context" not in out:
             out["input_ids"] = self.token_ids(batch["caption"])
+        if "position" in batch:  # names each example's noise (mv2_jax.training.step)
+            out["position"] = np.asarray(batch["position"], np.int64).astype(np.uint32)
         return out
 
     # ---- device side (inside the jitted step)

@@ -119,7 +119,7 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
     # ---- mesh and model
     mesh = make_mesh(config.mesh)
     rules = tuple(tuple(rule) for rule in config.sharding_rules)
-    stage = STAGES[config.stage].from_config(config, model_folder(config, workdir))
+    stage = STAGES[config.stage].from_config(config, model_folder(config, workdir), mesh)
     param_shardings = module_shardings_for(stage.denoiser, mesh, rules)
     abstract_params = jax.tree.map(
         lambda s, sharding: jax.ShapeDtypeStruct(s.shape, stage.param_dtype, sharding=sharding),
