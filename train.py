@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -32,6 +33,15 @@ _CPU_COLLECTIVES = flags.DEFINE_string(
 )
 _PROFILE = flags.DEFINE_bool(
     "profile", False, "Write a jax.profiler trace of a few steps to WORKDIR/profile."
+)
+_PRECOMPUTE_TO = flags.DEFINE_string(
+    "precompute_to",
+    None,
+    "Instead of training: encode the config's data (VAE latents, text embeddings) into a "
+    "dataset in this folder, for --config.data.precomputed_dir.",
+)
+_PRECOMPUTE_EXAMPLES = flags.DEFINE_integer(
+    "precompute_examples", None, "With --precompute_to: how many examples to encode."
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -56,10 +66,21 @@ def main(argv: list[str]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every read at INFO
     logging.getLogger("mv2_jax").setLevel(logging.INFO)
     _initialize_distributed()
+    if _PRECOMPUTE_TO.value:
+        from mv2_jax.training.precompute import precompute
+
+        if not _PRECOMPUTE_EXAMPLES.value:
+            raise app.UsageError("--precompute_to needs --precompute_examples N")
+        precompute(_CONFIG.value, _WORKDIR.value, _PRECOMPUTE_TO.value, _PRECOMPUTE_EXAMPLES.value)
+        return
     from mv2_jax.training.trainer import train
 
     train(_CONFIG.value, _WORKDIR.value, profile=_PROFILE.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    try:
+        app.run(main)
+    except SystemExit as exit_:  # absl ends --help with status 1; asking for help succeeded
+        helped = {"--help", "-h", "-?", "--helpfull"} & set(sys.argv[1:])
+        sys.exit(0 if helped and exit_.code == 1 else exit_.code)

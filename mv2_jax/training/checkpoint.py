@@ -31,7 +31,16 @@ def checkpoint_dir(workdir: str | os.PathLike) -> Path:
     return Path(workdir).absolute() / "checkpoints"
 
 
+def _write_small_arrays_whole() -> None:
+    """Orbax splits each replicated array among its replicas for writing; for the many small
+    arrays of a UNet the slicing costs more than it saves (3× slower saves measured on 8 CPU
+    devices), so only arrays of ≥ 1 MiB per slice are split."""
+    handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=2**20)
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
 def make_manager(workdir, keep: int = 3, save_every: int = 1) -> ocp.CheckpointManager:
+    _write_small_arrays_whole()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=True
     )

@@ -3,7 +3,7 @@
 files under `WORKDIR/tensorboard/` via tensorboardX (no TensorFlow needed).
 
 Throughput: samples/s over the interval since the last log; TFLOP/s from the XLA cost analysis
-of the compiled step (the FLOPs XLA counts, per device); MFU against
+of the step (the FLOPs XLA counts for the whole program, divided by the devices); MFU against
 `config.peak_tflops_per_device` when it is set.
 """
 
@@ -18,10 +18,11 @@ from typing import Any
 import jax
 
 
-def compiled_flops(compiled) -> float | None:
-    """FLOPs of one call of a compiled jit function, per device (None if XLA won't say)."""
+def step_flops(lowered) -> float | None:
+    """FLOPs of one call of a lowered jit function (XLA's cost analysis of the program before
+    compilation, so it costs no second compile), or None if XLA won't say."""
     try:
-        analysis = compiled.cost_analysis()
+        analysis = lowered.cost_analysis()
     except Exception:  # some backends raise instead of returning nothing
         return None
     if isinstance(analysis, list | tuple):
@@ -34,7 +35,7 @@ class MetricsWriter:
     def __init__(self, workdir: str | Path, *, enabled: bool, peak_tflops: float = 0.0):
         self.enabled = enabled
         self.peak_tflops = peak_tflops
-        self.flops_per_step: float | None = None  # per device
+        self.flops_per_step: float | None = None  # the whole step, all devices
         self._last = None
         self._tb = None
         if enabled:
@@ -58,7 +59,7 @@ class MetricsWriter:
             row["seconds_per_step"] = seconds
             row["samples_per_second"] = batch_size / seconds
             if self.flops_per_step:
-                tflops = self.flops_per_step / seconds / 1e12
+                tflops = self.flops_per_step / jax.device_count() / seconds / 1e12
                 row["tflops_per_device"] = tflops
                 if self.peak_tflops > 0:
                     row["mfu"] = tflops / self.peak_tflops

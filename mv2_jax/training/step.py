@@ -80,7 +80,7 @@ def make_train_step(
             zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
             total, _ = jax.lax.scan(accumulate, zero, micro)
             loss, aux, grads = jax.tree.map(lambda x: x / grad_accum_steps, total)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
         ema = optax.incremental_update(trainable, state.ema, 1.0 - ema_decay)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from mv2_jax.parallel.mesh import make_mesh
 from mv2_jax.parallel.sharding import batch_sharding, module_shardings_for
 from mv2_jax.training import checkpoint
-from mv2_jax.training.metrics import MetricsWriter, compiled_flops
+from mv2_jax.training.metrics import MetricsWriter, step_flops
 from mv2_jax.training.optim import learning_rate_schedule, make_optimizer, trainable_paths
 from mv2_jax.training.random_pipeline import write_random_pipeline
 from mv2_jax.training.state import TrainState, create_state, init_state_on_mesh, state_shardings
@@ -178,7 +178,7 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
     for step in range(start, config.total_steps):
         batch = global_batch(stage.prepare(next(iterator)), mesh, rules)
         if writer.flops_per_step is None and step == start:
-            writer.flops_per_step = compiled_flops(jitted.lower(state, consts, batch).compile())
+            writer.flops_per_step = step_flops(jitted.lower(state, consts, batch))
         if profile and step == start + 1:
             jax.profiler.start_trace(str(workdir / "profile"))
             trace_until = step + config.profile_steps

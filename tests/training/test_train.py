@@ -1,0 +1,112 @@
+"""`train(config, workdir)` end to end on configs/t2i.py:tiny: the loss falls, checkpoints,
+metrics and TensorBoard files appear, a finished run resumes to a no-op, and bad setups stop
+with errors that say what to do."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from mv2_jax.training import restore_params
+from mv2_jax.training.trainer import train
+from tests.training.conftest import tiny_config
+
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def trained(init_pipeline, image_data, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    config = tiny_config(init_pipeline, image_data, total_steps=STEPS, checkpoint_every=10)
+    state = train(config, workdir)
+    return workdir, config, state
+
+
+def test_loss_falls(trained):
+    workdir, _, _ = trained
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(5, STEPS + 1, 5))
+    first, last = rows[0]["loss"], np.mean([r["loss"] for r in rows[-2:]])
+    assert last < 0.6 * first, (first, last)
+    for key in ("grad_norm", "lr", "samples_per_second", "seconds_per_step"):
+        assert all(np.isfinite(r[key]) for r in rows[1:]), key
+    assert rows[-1]["lr"] < rows[1]["lr"]  # cosine decay after warmup
+
+
+def test_checkpoints_and_tensorboard(trained):
+    workdir, _, state = trained
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["10", "20", "30"]
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    params = restore_params(workdir)
+    final = jax.tree.map(np.asarray, state.params)
+    jax.tree.map(np.testing.assert_array_equal, params, final)
+    ema = restore_params(workdir, ema=True)
+    earlier = restore_params(workdir, step=10)
+    differs = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), ema, params)
+    assert max(jax.tree.leaves(differs)) > 0
+    assert max(jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), earlier, params)))
+    with pytest.raises(ValueError, match=r"no checkpoint at step 7"):
+        restore_params(workdir, step=7)
+
+
+def test_a_finished_run_resumes_to_its_last_step(trained):
+    workdir, config, state = trained
+    again = train(config, workdir)
+    assert int(again.step) == STEPS
+    jax.tree.map(np.testing.assert_array_equal, again.params, state.params)
+
+
+def test_checkpoint_of_another_model_is_refused(trained, image_data, tmp_path):
+    workdir, _, _ = trained
+    other = tmp_path / "other"
+    from configs.t2i import tiny_model
+    from mv2_jax.training.random_pipeline import write_random_pipeline
+
+    model = tiny_model()
+    model["unet"]["block_out_channels"] = [32, 32]
+    write_random_pipeline(model, other, seed=0)
+    config = tiny_config(other, image_data, total_steps=STEPS + 5)
+    with pytest.raises(ValueError, match=r"(?s)different model.*shape"):
+        train(config, workdir)
+
+
+def test_missing_dataset_names_the_build_command(init_pipeline, tmp_path):
+    config = tiny_config(init_pipeline, tmp_path / "nowhere", total_steps=2)
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*mv2_jax.data.build image"):
+        train(config, tmp_path / "run")
+
+
+def test_no_data_and_no_model_are_errors(init_pipeline, tmp_path):
+    with pytest.raises(ValueError, match="no training data"):
+        train(tiny_config(init_pipeline), tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match=r"model\.pipeline"):
+        train(tiny_config(tmp_path / "missing", tmp_path), tmp_path / "b")
+
+
+def test_joint_image_and_video_steps(init_pipeline, image_data, video_data, tmp_path):
+    """Half the steps on images, half on (one-frame clips of) videos; skipped counts logged."""
+    config = tiny_config(
+        init_pipeline, image_data, total_steps=4, checkpoint_every=4, log_every=2,
+        **{"data.video_dir": str(video_data), "data.image_ratio": 0.5, "batch_size": 4},
+    )  # fmt: skip
+    state = train(config, tmp_path)
+    assert int(state.step) == 4
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_precomputed_latents_train(init_pipeline, image_data, tmp_path):
+    from mv2_jax.training.precompute import precompute
+
+    config = tiny_config(init_pipeline, image_data, total_steps=3, checkpoint_every=3)
+    out = precompute(config, tmp_path / "w", tmp_path / "pre", num_examples=16)
+    assert (out / "dataset_info.json").exists()
+    config = tiny_config(
+        init_pipeline, None, total_steps=3, checkpoint_every=3,
+        **{"data.precomputed_dir": str(tmp_path / "pre")},
+    )  # fmt: skip
+    state = train(config, tmp_path / "run")
+    assert int(state.step) == 3
