@@ -76,11 +76,11 @@ def test_unknown_config_key_is_an_error(env, tmp_path, init_pipeline, image_data
 def test_sigkill_then_resume_is_bit_identical(env, tmp_path, init_pipeline, image_data):
     args = ("--config.total_steps=12", "--config.checkpoint_every=4")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(command(whole, init_pipeline, image_data, *args), env=env(), check=True,
+    subprocess.run(command(whole, init_pipeline, image_data, *args), env=env(2), check=True,
                    capture_output=True)  # fmt: skip
 
     process = subprocess.Popen(
-        command(killed, init_pipeline, image_data, *args), env=env(),
+        command(killed, init_pipeline, image_data, *args), env=env(2),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 300
@@ -90,7 +90,7 @@ def test_sigkill_then_resume_is_bit_identical(env, tmp_path, init_pipeline, imag
     process.send_signal(signal.SIGKILL)  # mid-run: steps 5… are under way
     process.wait()
     assert not (killed / "checkpoints" / "12").exists()
-    subprocess.run(command(killed, init_pipeline, image_data, *args), env=env(), check=True,
+    subprocess.run(command(killed, init_pipeline, image_data, *args), env=env(2), check=True,
                    capture_output=True)  # fmt: skip
 
     for ema in (False, True):
@@ -110,7 +110,7 @@ def _free_port() -> int:
 
 
 def test_two_processes_equal_one(env, tmp_path, init_pipeline, image_data):
-    args = ("--config.total_steps=4", "--config.checkpoint_every=4", "--config.mesh=data:-1")
+    args = ("--config.total_steps=2", "--config.checkpoint_every=2", "--config.mesh=data:-1")
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(command(one, init_pipeline, image_data, *args), env=env(8), check=True,
                    capture_output=True)  # fmt: skip
