@@ -80,7 +80,9 @@ def min_snr_weights(
     s = snr(alphas_cumprod, timesteps)
     clipped = jnp.minimum(s, gamma)
     if prediction_type == "epsilon":
-        return clipped / s
+        # min(SNR, γ)/SNR written so that SNR = 0 (a zero-terminal-SNR schedule's last step)
+        # gives its limit 1, not 0/0.
+        return jnp.minimum(gamma / s, 1.0)
     if prediction_type == "v_prediction":
         return clipped / (s + 1.0)
     return clipped

@@ -197,6 +197,9 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
         if done % config.checkpoint_every == 0 or done == config.total_steps:
             checkpoint.save(manager, state, iterator, meta)
         bar.update(1)
+    if trace_until is not None:  # the run ended inside the traced steps
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
     bar.close()
     manager.wait_until_finished()
     manager.close()

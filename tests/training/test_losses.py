@@ -97,3 +97,14 @@ def test_weighted_mse_weights_each_example():
     target = jnp.zeros((2, 2, 2))
     value = losses.weighted_mse(prediction, target, jnp.array([1.0, 0.5]))
     assert float(value) == pytest.approx((1 * 1 + 0.5 * 9) / 2)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_weights_are_finite_at_zero_terminal_snr(prediction_type):
+    """With `rescale_betas_zero_snr` the last ᾱ is 0 (SNR 0): weights stay finite there."""
+    _, alphas_cumprod = _reference(CONFIGS[2])
+    assert float(alphas_cumprod[-1]) == 0.0
+    weights = losses.min_snr_weights(alphas_cumprod, jnp.array([0, 500, 999]), 5.0, prediction_type)
+    assert np.all(np.isfinite(weights)), weights
+    if prediction_type == "epsilon":
+        assert float(weights[-1]) == 1.0

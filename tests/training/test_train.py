@@ -87,15 +87,16 @@ def test_no_data_and_no_model_are_errors(init_pipeline, tmp_path):
 
 
 def test_joint_image_and_video_steps(init_pipeline, image_data, video_data, tmp_path):
-    """Half the steps on images, half on (one-frame clips of) videos; skipped counts logged."""
+    """Half the steps on images, half on (one-frame clips of) videos; with a profile."""
     config = tiny_config(
         init_pipeline, image_data, total_steps=4, checkpoint_every=4, log_every=2,
         **{"data.video_dir": str(video_data), "data.image_ratio": 0.5, "batch_size": 4},
     )  # fmt: skip
-    state = train(config, tmp_path)
+    state = train(config, tmp_path, profile=True)
     assert int(state.step) == 4
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in rows)
+    assert list((tmp_path / "profile").rglob("*.xplane.pb"))  # the --profile trace
 
 
 def test_precomputed_latents_train(init_pipeline, image_data, tmp_path):
@@ -110,3 +111,17 @@ def test_precomputed_latents_train(init_pipeline, image_data, tmp_path):
     )  # fmt: skip
     state = train(config, tmp_path / "run")
     assert int(state.step) == 3
+
+
+def test_starts_from_a_diffusers_pipeline_folder(image_data, tmp_path):
+    """Fine-tuning starts from PyTorch weights: with lr = 0 the trained UNet is the folder's."""
+    pytest.importorskip("diffusers")
+    from mv2_jax import load_component
+    from tests.pipelines.tiny import tiny_pipeline
+
+    folder = tmp_path / "sd"
+    tiny_pipeline(folder)  # diffusers save_pretrained: safetensors, CLIP tokenizer, PNDM config
+    config = tiny_config(folder, image_data, total_steps=1, checkpoint_every=1, lr=0.0)
+    train(config, tmp_path / "run")
+    _, expected = load_component(folder / "unet")
+    jax.tree.map(np.testing.assert_array_equal, restore_params(tmp_path / "run"), expected)
