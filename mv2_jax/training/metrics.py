@@ -32,7 +32,12 @@ def step_flops(lowered) -> float | None:
 
 
 class MetricsWriter:
-    def __init__(self, workdir: str | Path, *, enabled: bool, peak_tflops: float = 0.0):
+    def __init__(
+        self, workdir: str | Path, *, enabled: bool, peak_tflops: float = 0.0, start_step: int = 0
+    ):
+        """`start_step`: the step the run (re)starts from; rows a killed run logged after its
+        last checkpoint are dropped, in the JSONL file and in TensorBoard (`purge_step`), so
+        the logs read as one run."""
         self.enabled = enabled
         self.peak_tflops = peak_tflops
         self.flops_per_step: float | None = None  # the whole step, all devices
@@ -41,10 +46,15 @@ class MetricsWriter:
         if enabled:
             workdir = Path(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+            path = workdir / "metrics.jsonl"
+            if path.exists():
+                kept = [r for r in path.read_text().splitlines() if _step(r) <= start_step]
+                path.write_text("".join(r + "\n" for r in kept))
+            self._jsonl = open(path, "a", buffering=1)  # noqa: SIM115
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+            purge = start_step + 1 if start_step else None
+            self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=purge)
 
     def start_interval(self, step: int) -> None:
         """Mark the (step, time) the next throughput figures are measured from."""
@@ -78,3 +88,10 @@ class MetricsWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+def _step(row: str) -> int:
+    try:
+        return int(json.loads(row)["step"])
+    except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+        return 1 << 62

@@ -167,10 +167,12 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
         learning_rate=learning_rate_schedule(config),
     )
     jitted = jax.jit(step_fn, out_shardings=(shardings, replicated), donate_argnums=(0,))
-    writer = MetricsWriter(workdir, enabled=is_main, peak_tflops=config.peak_tflops_per_device)
 
     # ---- the loop
     start = int(jax.device_get(state.step))
+    writer = MetricsWriter(
+        workdir, enabled=is_main, peak_tflops=config.peak_tflops_per_device, start_step=start
+    )
     bar = tqdm(
         total=config.total_steps, initial=start, disable=not is_main, desc="train", unit="step"
     )
