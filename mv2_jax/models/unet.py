@@ -8,7 +8,7 @@ heads per block unless `num_attention_heads` is given (diffusers issue #2011).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -122,7 +122,7 @@ class UNet2DConditionModel(nn.Module):
             raise ValueError(
                 "down_block_types, up_block_types and block_out_channels differ in length"
             )
-        for kind, known in (("down", _DOWN_TYPES), ("up", _UP_TYPES)):
+        for kind, known in (("down", self._down_types), ("up", self._up_types)):
             for t in getattr(self, f"{kind}_block_types"):
                 if t not in known:
                     raise NotImplementedError(f"{kind} block type {t!r}; supported: {list(known)}")
@@ -255,6 +255,32 @@ class UNet2DConditionModel(nn.Module):
         timestep_cond: jax.Array | None = None,
     ) -> jax.Array:
         self._check()
+        emb, context = self._embed(
+            sample, timesteps, encoder_hidden_states, added_cond_kwargs, class_labels, timestep_cond
+        )
+        return self._denoise(
+            sample, emb, context, down_block_additional_residuals, mid_block_additional_residual
+        )
+
+    # Block type name → has cross-attention transformers; subclasses name their own blocks.
+    _down_types: ClassVar[Mapping[str, bool]] = _DOWN_TYPES
+    _up_types: ClassVar[Mapping[str, bool]] = _UP_TYPES
+
+    def _stage(self, kind: str, index: int, num_frames: int, **fields) -> nn.Module:
+        """Down / mid / up stage `index` built from `fields`: the hook through which
+        `UNetMotionModel` swaps in stages with temporal layers over `num_frames` frames."""
+        return {"down": DownBlock, "mid": MidBlockCrossAttn, "up": UpBlock}[kind](**fields)
+
+    def _denoise(
+        self,
+        sample: jax.Array,
+        emb: jax.Array,
+        context: jax.Array,
+        down_block_additional_residuals: Sequence[jax.Array] | None,
+        mid_block_additional_residual: jax.Array | None,
+        num_frames: int = 1,
+    ) -> jax.Array:
+        """conv_in → down → mid → up → conv_out on `sample[N,H,W,C]` given the embeddings."""
         kw = dict(
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -269,12 +295,8 @@ class UNet2DConditionModel(nn.Module):
         tlayers = _per_block(self.transformer_layers_per_block, n)
         reverse_tlayers = self.reverse_transformer_layers_per_block or tuple(reversed(tlayers))
 
-        emb, context = self._embed(
-            sample, timesteps, encoder_hidden_states, added_cond_kwargs, class_labels, timestep_cond
-        )
-        temb_channels = emb.shape[-1]
         stage = dict(
-            temb_channels=temb_channels,
+            temb_channels=emb.shape[-1],
             resnet_eps=self.norm_eps,
             resnet_groups=self.norm_num_groups,
             resnet_act_fn=self.act_fn,
@@ -298,11 +320,14 @@ class UNet2DConditionModel(nn.Module):
 
         skips = [x]
         for i, block_type in enumerate(self.down_block_types):
-            x, block_skips = DownBlock(
-                channels[i],
-                layers[i],
+            x, block_skips = self._stage(
+                "down",
+                i,
+                num_frames,
+                out_channels=channels[i],
+                num_layers=layers[i],
                 transformer_layers=_per_layer(tlayers[i], layers[i])
-                if _DOWN_TYPES[block_type]
+                if self._down_types[block_type]
                 else None,
                 num_attention_heads=heads[i],
                 cross_attention_dim=cross_dims[i],
@@ -323,9 +348,12 @@ class UNet2DConditionModel(nn.Module):
             skips = [s + r for s, r in zip(skips, down_block_additional_residuals)]
 
         if self.mid_block_type == "UNetMidBlock2DCrossAttn":
-            x = MidBlockCrossAttn(
-                channels[-1],
-                1,
+            x = self._stage(
+                "mid",
+                0,
+                num_frames,
+                out_channels=channels[-1],
+                num_layers=1,
                 transformer_layers=_per_layer(tlayers[-1], 1)[:1],
                 num_attention_heads=heads[-1],
                 cross_attention_dim=cross_dims[-1],
@@ -352,11 +380,14 @@ class UNet2DConditionModel(nn.Module):
             n_layers = layers[j] + 1
             block_skips, skips = skips[-n_layers:], skips[:-n_layers]
             last = i == n - 1
-            x = UpBlock(
-                channels[j],
-                n_layers,
+            x = self._stage(
+                "up",
+                i,
+                num_frames,
+                out_channels=channels[j],
+                num_layers=n_layers,
                 transformer_layers=_per_layer(reverse_tlayers[i], n_layers)
-                if _UP_TYPES[block_type]
+                if self._up_types[block_type]
                 else None,
                 num_attention_heads=heads[j],
                 cross_attention_dim=cross_dims[j],

@@ -22,7 +22,9 @@ from mv2_jax.models.transformer import Transformer2DModel
 class _Stage(nn.Module):
     """Fields shared by every UNet stage; `transformer_layers` has one entry per ResNet, and
     a stage without cross-attention has `transformer_layers=None`. `remat_policy` (see
-    `mv2_jax.models.remat`) recomputes each ResNet / transformer in the backward pass."""
+    `mv2_jax.models.remat`) recomputes each ResNet / transformer in the backward pass.
+    `temporal` is the hook where video stages (`mv2_jax.models.motion`) add a layer over frames
+    after each ResNet / transformer pair."""
 
     out_channels: int
     num_layers: int
@@ -69,6 +71,10 @@ class _Stage(nn.Module):
             name=f"attentions_{i}",
         )
 
+    def temporal(self, i: int, x: jax.Array) -> jax.Array:
+        """After layer `i`: identity here, a motion module in the video stages."""
+        return x
+
 
 class DownBlock(_Stage):
     """`DownBlock2D` / `CrossAttnDownBlock2D`: returns the output and the skip connections."""
@@ -83,6 +89,7 @@ class DownBlock(_Stage):
             x = self.resnet(i)(x, temb)
             if self.transformer_layers is not None:
                 x = self.transformer(i)(x, context)
+            x = self.temporal(i, x)
             skips.append(x)
         if self.add_downsample:
             x = Downsample2D(
@@ -109,6 +116,7 @@ class UpBlock(_Stage):
             x = self.resnet(i)(x, temb)
             if self.transformer_layers is not None:
                 x = self.transformer(i)(x, context)
+            x = self.temporal(i, x)
         if self.add_upsample:
             x = Upsample2D(
                 self.out_channels,
@@ -127,6 +135,7 @@ class MidBlockCrossAttn(_Stage):
         x = self.resnet(0)(x, temb)
         for i in range(self.num_layers):
             x = self.transformer(i)(x, context)
+            x = self.temporal(i, x)
             x = self.resnet(i + 1)(x, temb)
         return x
 
