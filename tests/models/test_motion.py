@@ -184,3 +184,27 @@ def test_errors_name_the_problem(tmp_path):
         bad = UNetMotionModel.from_config({**BASE, key: value})
         with pytest.raises(NotImplementedError, match=key):
             jax.eval_shape(bad.init, jax.random.key(0), np.zeros((1, 2, 8, 8, 4)), *args)
+
+
+def test_remat_wraps_the_motion_modules():
+    """Under a remat policy each motion module is a `jax.checkpoint` of its own, next to the
+    ResNet (gradients are then equal by construction; tests/models/test_remat.py checks that
+    for the spatial layers)."""
+    import jax.numpy as jnp
+
+    from mv2_jax.models.motion import DownBlockMotion
+
+    x, temb = jnp.zeros((6, 4, 4, 8)), jnp.zeros((6, 32))  # B=2 videos of F=3
+
+    def checkpoints(policy):
+        block = DownBlockMotion(
+            16, 2, temb_channels=32, resnet_groups=4, num_frames=3, motion_num_attention_heads=2,
+            motion_transformer_layers=(1, 1), add_downsample=False, remat_policy=policy,
+        )  # fmt: skip
+        variables = jax.eval_shape(block.init, jax.random.key(0), x, temb)  # shapes only
+        assert {"motion_modules_0", "motion_modules_1"} <= set(variables["params"])
+        jaxpr = jax.make_jaxpr(lambda v: block.apply(v, x, temb))(variables)
+        return sum(e.primitive.name in ("remat2", "checkpoint") for e in jaxpr.jaxpr.eqns)
+
+    assert checkpoints("none") == 0
+    assert checkpoints("full") == 4  # 2 ResNets + 2 motion modules
