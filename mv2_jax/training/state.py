@@ -9,7 +9,6 @@ holds the full params.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import flax.struct
@@ -71,19 +70,11 @@ def state_shardings(
 
 
 def init_state_on_mesh(
-    make_params: Callable[[], Any],
-    param_shardings: Any,
-    optimizer: optax.GradientTransformation,
-    paths,
-    seed: int,
-    mesh: Mesh,
+    params: Any, optimizer: optax.GradientTransformation, paths, seed: int, shardings: TrainState
 ) -> TrainState:
-    """The initial state, placed shard by shard: `make_params()` gives the params already on
-    `param_shardings` (loaded by `load_component(..., shardings=...)`); the optimizer state
-    and EMA are computed by a jit whose outputs land on their shardings."""
-    params = make_params()
-    abstract = jax.eval_shape(lambda p: create_state(p, optimizer, paths, seed), params)
-    shardings = state_shardings(abstract, param_shardings, optimizer, paths, mesh)
+    """The initial state from `params` already on their shards (loaded with
+    `load_component(..., shardings=...)`): a jit computes the optimizer state and EMA straight
+    onto `shardings` (from `state_shardings`)."""
     return jax.jit(lambda p: create_state(p, optimizer, paths, seed), out_shardings=shardings)(
         params
     )

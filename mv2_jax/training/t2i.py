@@ -96,6 +96,14 @@ class TextToImageStage:
             "alphas_cumprod": jnp.asarray(scheduler.train_alphas_cumprod()),
             "empty_ids": jnp.asarray(stage.token_ids([""])[0]),
         }
+        # The empty prompt's embeddings, for caption dropout on precomputed embeddings: once
+        # here rather than a text-encoder pass in every step.
+        empty_context, empty_pooled = stage.encode_text(
+            stage.consts["text"], stage.consts["empty_ids"][None]
+        )
+        stage.consts["empty_context"] = empty_context
+        if empty_pooled is not None:
+            stage.consts["empty_pooled"] = empty_pooled
         return stage
 
     def load_params(self, shardings=None) -> dict:
@@ -182,13 +190,10 @@ class TextToImageStage:
             latents = self.encode_pixels(consts["vae"], batch["pixels"], k_vae)
         drop = jax.vmap(lambda k: jax.random.bernoulli(k, d.caption_dropout))(k_drop)
         if "context" in batch:
-            empty_context, empty_pooled = self.encode_text(
-                consts["text"], consts["empty_ids"][None]
-            )
-            context = jnp.where(drop[:, None, None], empty_context, batch["context"])
+            context = jnp.where(drop[:, None, None], consts["empty_context"], batch["context"])
             pooled = batch.get("pooled")
             if pooled is not None:
-                pooled = jnp.where(drop[:, None], empty_pooled, pooled)
+                pooled = jnp.where(drop[:, None], consts["empty_pooled"], pooled)
         else:
             ids = jnp.where(drop[:, None, None], consts["empty_ids"][None], batch["input_ids"])
             context, pooled = self.encode_text(consts["text"], ids)

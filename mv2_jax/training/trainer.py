@@ -146,14 +146,8 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
     manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
     state = checkpoint.restore(manager, abstract_state, iterator, meta)
     if state is None:
-        state = init_state_on_mesh(
-            lambda: stage.load_params(param_shardings),
-            param_shardings,
-            optimizer,
-            paths,
-            config.seed,
-            mesh,
-        )
+        params = stage.load_params(param_shardings)
+        state = init_state_on_mesh(params, optimizer, paths, config.seed, shardings)
     else:
         log.info("resumed from %s at step %d", manager.directory, int(state.step))
 
