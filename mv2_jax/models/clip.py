@@ -1,5 +1,6 @@
 """CLIP text encoders (`CLIPTextModel`, `CLIPTextModelWithProjection`) with transformers' config
 names and module names, so transformers checkpoints (CLIP-L, OpenCLIP bigG) load mechanically.
+The encoder stack is shared with the vision tower in `clip_vision.py`.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class _TextConfig(nn.Module):
     bos_token_id: int | None = 49406
     eos_token_id: int = 49407
     attention_implementation: str = "auto"
+    # The text model attends causally; the vision tower (`clip_vision.py`) reuses the encoder
+    # with `causal=False`.
+    causal: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -95,6 +99,7 @@ class CLIPAttention(nn.Module):
     hidden_size: int
     num_heads: int
     attention_implementation: str = "auto"
+    causal: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -108,7 +113,7 @@ class CLIPAttention(nn.Module):
             for n in ("q_proj", "k_proj", "v_proj")
         )
         out = dot_product_attention(
-            q, k, v, mask=mask, is_causal=True, implementation=self.attention_implementation
+            q, k, v, mask=mask, is_causal=self.causal, implementation=self.attention_implementation
         )
         out = out.reshape(*out.shape[:-2], self.hidden_size)
         return dense(self.hidden_size, ("heads", "embed"), name="out_proj", **kw)(out)
@@ -125,6 +130,7 @@ class CLIPEncoderLayer(_TextConfig):
             self.hidden_size,
             self.num_attention_heads,
             self.attention_implementation,
+            self.causal,
             name="self_attn",
             **kw,
         )(h, mask)

@@ -1,4 +1,5 @@
-"""PyTorch → Flax mapping for transformers' `CLIPTextModel` and `CLIPTextModelWithProjection`.
+"""PyTorch → Flax mapping for transformers' `CLIPTextModel`, `CLIPTextModelWithProjection` and
+`CLIPVisionModelWithProjection`.
 
 Flax modules mirror the published key layout (`text_model.encoder.layers.0.self_attn.q_proj`).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from mv2_jax.models.clip import CLIPTextModel, CLIPTextModelWithProjection
+from mv2_jax.models.clip_vision import CLIPVisionModelWithProjection
 from mv2_jax.weights.mapping import Rule
 from mv2_jax.weights.registry import Family, register
 
@@ -38,4 +40,27 @@ def _family(cls) -> Family:
 CLIP_TEXT = register(_family(CLIPTextModel), "CLIPTextModel")
 CLIP_TEXT_WITH_PROJECTION = register(
     _family(CLIPTextModelWithProjection), "CLIPTextModelWithProjection"
+)
+
+
+# A non-trainable buffer (arange) in checkpoints written by older transformers.
+CLIP_VISION_RULES = (Rule(r"vision_model\.embeddings\.position_ids", None),)
+
+
+def clip_vision_example_inputs(model: CLIPVisionModelWithProjection) -> tuple[tuple, dict]:
+    """One image of the model's size (the position table fixes the size)."""
+    size = model.image_size
+    return (jnp.zeros((1, size, size, model.num_channels)),), {}
+
+
+CLIP_VISION_WITH_PROJECTION = register(
+    Family(
+        build=lambda config, dtype: CLIPVisionModelWithProjection.from_config(
+            config, dtype=dtype, param_dtype=dtype
+        ),
+        example_inputs=clip_vision_example_inputs,
+        rules=CLIP_VISION_RULES,
+        weights_stem="model",
+    ),
+    "CLIPVisionModelWithProjection",
 )
