@@ -34,6 +34,7 @@ def dot_product_attention(
     value: jax.Array,
     *,
     mask: jax.Array | None = None,
+    key_bias: jax.Array | None = None,
     is_causal: bool = False,
     scale: float | None = None,
     implementation: str = "auto",
@@ -41,8 +42,10 @@ def dot_product_attention(
     key_chunk_size: int | None = None,
 ) -> jax.Array:
     """Softmax attention. `query [B,Lq,H,D]`, `key/value [B,Lk,H,D]`, `mask` boolean and
-    broadcastable to `[B,H,Lq,Lk]` (True = attend). Scores and softmax are computed in fp32
-    whatever the input dtype (which subsumes diffusers' `upcast_attention`)."""
+    broadcastable to `[B,H,Lq,Lk]` (True = attend). `key_bias [Lk]` is added to every query's
+    scores of that key: `log(s)` multiplies the key's unnormalised weight by `s` (−inf drops it).
+    Scores and softmax are computed in fp32 whatever the input dtype (which subsumes diffusers'
+    `upcast_attention`)."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"attention implementation {implementation!r}; choose from {IMPLEMENTATIONS}"
@@ -51,9 +54,14 @@ def dot_product_attention(
         scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
         if implementation == "auto":
             implementation = _auto(query, key, mask, is_causal)
+        if key_bias is not None:
+            key_bias = jnp.asarray(key_bias, jnp.float32)
+            if key_bias.shape != (key.shape[1],):
+                raise ValueError(f"key_bias {key_bias.shape}: expected [Lk] = ({key.shape[1]},)")
         if implementation == "cudnn":
+            bias = None if key_bias is None else key_bias.astype(query.dtype)
             return jax.nn.dot_product_attention(
-                query, key, value, mask=mask, is_causal=is_causal, scale=scale
+                query, key, value, bias=bias, mask=mask, is_causal=is_causal, scale=scale
             )
         if is_causal:
             lq, lk = query.shape[1], key.shape[1]
@@ -67,8 +75,9 @@ def dot_product_attention(
                 scale,
                 query_chunk_size or _QUERY_CHUNK,
                 key_chunk_size or _KEY_CHUNK,
+                key_bias,
             )
-        return _materialised(query, key, value, scale, mask)
+        return _materialised(query, key, value, scale, mask, key_bias)
 
 
 def _auto(query, key, mask, is_causal) -> str:
@@ -78,16 +87,18 @@ def _auto(query, key, mask, is_causal) -> str:
     return "chunked" if long and mask is None and not is_causal else "xla"
 
 
-def _materialised(query, key, value, scale, mask):
+def _materialised(query, key, value, scale, mask, key_bias=None):
     scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
     scores = scores * scale
+    if key_bias is not None:
+        scores = scores + key_bias
     if mask is not None:
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", probs, value)
 
 
-def _chunked(query, key, value, scale, query_chunk, key_chunk):
+def _chunked(query, key, value, scale, query_chunk, key_chunk, key_bias=None):
     """Blocked attention with an online softmax over key blocks; never holds `[Lq, Lk]`."""
     b, lq, h, d = query.shape
     lk = key.shape[1]
@@ -103,6 +114,8 @@ def _chunked(query, key, value, scale, query_chunk, key_chunk):
 
         def one_block(qb):
             s = jnp.einsum("bhqd,bhkd->bhqk", qb, k, preferred_element_type=jnp.float32)
+            if key_bias is not None:
+                s = s + key_bias
             p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
             return jnp.einsum("bhqk,bhkd->bhqd", p, v)
     else:
@@ -112,12 +125,16 @@ def _chunked(query, key, value, scale, query_chunk, key_chunk):
         v_blocks = jnp.pad(v, ((0, 0), (0, 0), (0, pad), (0, 0))).reshape(b, h, n_k, key_chunk, d)
         k_blocks, v_blocks = jnp.moveaxis(k_blocks, 2, 0), jnp.moveaxis(v_blocks, 2, 0)
         valid = (jnp.arange(n_k * key_chunk) < lk).reshape(n_k, key_chunk)
+        bias = jnp.zeros((lk,), jnp.float32) if key_bias is None else key_bias
+        bias_blocks = jnp.pad(bias, (0, pad)).reshape(n_k, key_chunk)
 
         def one_block(qb):
             def step(carry, kv):
                 m, l, acc = carry
-                kb, vb, ok = kv
+                kb, vb, ok, bb = kv
                 s = jnp.einsum("bhqd,bhkd->bhqk", qb, kb, preferred_element_type=jnp.float32)
+                if key_bias is not None:
+                    s = s + bb
                 if pad:  # only the last key block has padding; no select otherwise
                     s = jnp.where(ok, s, -jnp.inf)
                 m_new = jnp.maximum(m, s.max(-1, keepdims=True))
@@ -134,7 +151,7 @@ def _chunked(query, key, value, scale, query_chunk, key_chunk):
                 jnp.zeros((b, h, query_chunk, 1), jnp.float32),
                 jnp.zeros((b, h, query_chunk, d), jnp.float32),
             )
-            (_, l, acc), _ = jax.lax.scan(step, init, (k_blocks, v_blocks, valid))
+            (_, l, acc), _ = jax.lax.scan(step, init, (k_blocks, v_blocks, valid, bias_blocks))
             return (acc / l).astype(query.dtype)
 
     out = jax.lax.map(one_block, q_blocks)  # [n_q, B, H, qc, D]
@@ -163,7 +180,7 @@ class Attention(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, hidden_states, context=None):
+    def __call__(self, hidden_states, context=None, key_bias=None):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         residual = hidden_states
         if self.norm_num_groups is not None:
@@ -179,7 +196,11 @@ class Attention(nn.Module):
         v = dense(inner, ("embed", "heads"), use_bias=self.qkv_bias, name="to_v", **kw)(context)
         split = lambda x: x.reshape(*x.shape[:-1], self.heads, self.dim_head)  # noqa: E731
         out = dot_product_attention(
-            split(q), split(k), split(v), implementation=self.attention_implementation
+            split(q),
+            split(k),
+            split(v),
+            key_bias=key_bias,
+            implementation=self.attention_implementation,
         )
         out = out.reshape(*out.shape[:-2], inner)
         out = dense(

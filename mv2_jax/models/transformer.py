@@ -9,9 +9,12 @@ import jax
 import jax.numpy as jnp
 
 from mv2_jax.models.attention import Attention
+from mv2_jax.models.ip_adapter import ImagePromptContext, IPAdapterAttention
 from mv2_jax.models.layers import dense, group_norm, layer_norm
 
 _FF_ACTIVATIONS = ("geglu", "gelu", "gelu-approximate")
+# Variable collection of reference attention: the appearance encoder writes it, the UNet reads it.
+REFERENCE = "reference"
 
 
 class FeedForward(nn.Module):
@@ -74,14 +77,44 @@ class BasicTransformerBlock(nn.Module):
             **kw,
         )
         h = layer_norm(self.norm_eps, name="norm1", **kw)(x)
-        x = x + Attention(**attn, name="attn1")(h, context if self.only_cross_attention else None)
+        if self.only_cross_attention:
+            x = x + Attention(**attn, name="attn1")(h, context)
+        else:
+            x = x + Attention(**attn, name="attn1")(h, *self._reference_context(h))
         if self.cross_attention_dim is not None or self.double_self_attention:
             h = layer_norm(self.norm_eps, name="norm2", **kw)(x)
-            x = x + Attention(**attn, name="attn2")(
-                h, None if self.double_self_attention else context
-            )
+            if isinstance(context, ImagePromptContext):  # IP-Adapter: text + image tokens
+                x = x + IPAdapterAttention(**attn, name="attn2")(h, context)
+            else:
+                x = x + Attention(**attn, name="attn2")(
+                    h, None if self.double_self_attention else context
+                )
         h = layer_norm(self.norm_eps, name="norm3", **kw)(x)
         return x + FeedForward(self.dim, activation_fn=self.activation_fn, name="ff", **kw)(h)
+
+    def _reference_context(self, h: jax.Array) -> tuple[jax.Array | None, jax.Array | None]:
+        """Reference attention (`mv2_jax.models.appearance`): `(context, key_bias)` of `attn1`.
+
+        With a `reference` collection given, `attn1` attends to this block's tokens followed by
+        the reference's (`hidden [B_ref, N, C]`, repeated over the frames folded into the
+        batch), the reference keys weighted by `exp(log_scale)`. With the collection mutable,
+        the block records its `attn1` input instead (the appearance encoder's pass)."""
+        if self.has_variable(REFERENCE, "hidden"):
+            ref = self.get_variable(REFERENCE, "hidden").astype(h.dtype)
+            if h.shape[0] % ref.shape[0] or ref.shape[2] != h.shape[2]:
+                raise ValueError(
+                    f"reference hidden states {ref.shape} do not fit tokens {h.shape}: the "
+                    "reference batch must divide the (batch·frames) batch, channels must match"
+                )
+            ref = jnp.repeat(ref, h.shape[0] // ref.shape[0], axis=0)
+            log_scale = self.get_variable(REFERENCE, "log_scale", jnp.zeros((), jnp.float32))
+            bias = jnp.concatenate(
+                [jnp.zeros((h.shape[1],), jnp.float32), jnp.full((ref.shape[1],), log_scale)]
+            )
+            return jnp.concatenate([h, ref], axis=1), bias
+        if self.is_mutable_collection(REFERENCE) and not self.is_initializing():
+            self.put_variable(REFERENCE, "hidden", h)
+        return None, None
 
 
 class Transformer2DModel(nn.Module):

@@ -9,10 +9,12 @@ from mv2_jax.models.attention import dot_product_attention
 from tests.reference import relative_error
 
 
-def _reference(q, k, v, mask=None, scale=None):
+def _reference(q, k, v, mask=None, scale=None, key_bias=None):
     q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
     scale = 1 / np.sqrt(q.shape[-1]) if scale is None else scale
     s = np.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    if key_bias is not None:
+        s = s + np.asarray(key_bias, np.float64)
     if mask is not None:
         s = np.where(mask, s, -np.inf)
     p = np.exp(s - s.max(-1, keepdims=True))
@@ -46,6 +48,21 @@ def test_chunked_blocks_that_do_not_divide_the_sequence():
         )
     )(q, k, v)
     assert relative_error(out, _reference(q, k, v)) <= 1e-5
+
+
+@pytest.mark.parametrize("implementation", ["xla", "chunked", "cudnn"])
+@pytest.mark.parametrize("lk", [40, 517])
+def test_key_bias_scales_the_weight_of_keys(implementation, lk):
+    q, k, v = _qkv(50, lk)
+    bias = np.zeros(lk, np.float32)
+    bias[lk // 2 :] = np.log(0.3)
+    bias[:3] = -1e30  # a dropped key
+    out = dot_product_attention(
+        q, k, v, key_bias=bias, implementation=implementation, key_chunk_size=64
+    )
+    assert relative_error(out, _reference(q, k, v, key_bias=bias)) <= 1e-5
+    with pytest.raises(ValueError, match="key_bias"):
+        dot_product_attention(q, k, v, key_bias=bias[:-1], implementation=implementation)
 
 
 @pytest.mark.parametrize("implementation", ["xla", "chunked", "cudnn"])
