@@ -24,6 +24,7 @@ from mv2_jax.models.remat import remat
 from mv2_jax.models.transformer import FeedForward
 from mv2_jax.models.unet import UNet2DConditionModel, _per_block, _per_layer
 from mv2_jax.models.unet_blocks import DownBlock, MidBlockCrossAttn, UpBlock, _Stage
+from mv2_jax.parallel.sharding import constrain
 
 
 def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
@@ -39,14 +40,16 @@ def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
 
 class TemporalTransformerBlock(nn.Module):
     """diffusers' `BasicTransformerBlock` as AnimateDiff configures it, tokens `[N, F, C]`: two
-    self-attentions (`attn1`, `attn2`), each on a LayerNorm output plus the sinusoidal frame
-    positions, then the GEGLU feed-forward; pre-norm residuals throughout."""
+    self-attentions (`attn1`, `attn2`; only `attn1` without `double_self_attention`, as in
+    SparseCtrl), each on a LayerNorm output plus the sinusoidal frame positions, then the GEGLU
+    feed-forward; pre-norm residuals throughout."""
 
     dim: int
     num_attention_heads: int
     attention_head_dim: int
     max_seq_length: int = 32
     norm_eps: float = 1e-5
+    double_self_attention: bool = True
     attention_implementation: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -61,7 +64,7 @@ class TemporalTransformerBlock(nn.Module):
                 f"{self.max_seq_length} (motion_max_seq_length)"
             )
         positions = jnp.asarray(sinusoidal_positions(frames, self.dim), x.dtype)
-        for i in (1, 2):
+        for i in (1, 2) if self.double_self_attention else (1,):
             h = layer_norm(self.norm_eps, name=f"norm{i}", **kw)(x) + positions
             x = x + Attention(
                 self.dim,
@@ -87,6 +90,7 @@ class AnimateDiffTransformer3D(nn.Module):
     num_layers: int = 1
     norm_num_groups: int = 32
     max_seq_length: int = 32
+    double_self_attention: bool = True
     attention_implementation: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -100,6 +104,7 @@ class AnimateDiffTransformer3D(nn.Module):
         h = x.reshape(batch, frames, height, width, channels)
         h = group_norm(self.norm_num_groups, 1e-6, name="norm", **kw)(h)
         h = h.transpose(0, 2, 3, 1, 4).reshape(batch * height * width, frames, channels)
+        h = constrain(h, ("video_rows",))  # frames gathered, pixels split (an all-to-all)
         inner = self.num_attention_heads * self.attention_head_dim
         h = dense(inner, ("embed", "embed"), name="proj_in", **kw)(h)
         for i in range(self.num_layers):
@@ -108,13 +113,14 @@ class AnimateDiffTransformer3D(nn.Module):
                 self.num_attention_heads,
                 self.attention_head_dim,
                 max_seq_length=self.max_seq_length,
+                double_self_attention=self.double_self_attention,
                 attention_implementation=self.attention_implementation,
                 name=f"transformer_blocks_{i}",
                 **kw,
             )(h)
         h = dense(channels, ("embed", "embed"), name="proj_out", **kw)(h)
         h = h.reshape(batch, height, width, frames, channels).transpose(0, 3, 1, 2, 4)
-        return h.reshape(n, height, width, channels) + x
+        return constrain(h.reshape(n, height, width, channels), ("video_rows",)) + x
 
 
 class _MotionStage(_Stage):
@@ -125,6 +131,7 @@ class _MotionStage(_Stage):
     motion_num_attention_heads: int = 8
     motion_transformer_layers: tuple[int, ...] = ()
     motion_max_seq_length: int = 32
+    motion_double_self_attention: bool = True
 
     def temporal(self, i: int, x: jax.Array) -> jax.Array:
         heads = self.motion_num_attention_heads
@@ -135,6 +142,7 @@ class _MotionStage(_Stage):
             num_layers=self.motion_transformer_layers[i],
             norm_num_groups=self.resnet_groups,
             max_seq_length=self.motion_max_seq_length,
+            double_self_attention=self.motion_double_self_attention,
             attention_implementation=self.attention_implementation,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -212,7 +220,7 @@ class UNetMotionModel(UNet2DConditionModel):
 
     def _check(self):
         super()._check()
-        if self.encoder_hid_dim_type is not None:
+        if self.encoder_hid_dim_type not in (None, "ip_image_proj"):
             raise NotImplementedError(
                 f"UNetMotionModel: encoder_hid_dim_type {self.encoder_hid_dim_type!r} "
                 "(diffusers builds no projection for it either)"
@@ -284,10 +292,12 @@ class UNetMotionModel(UNet2DConditionModel):
             sample[:, 0], timesteps, encoder_hidden_states, added_cond_kwargs, None, timestep_cond
         )
         emb = jnp.repeat(emb, frames, axis=0)
-        context = jnp.repeat(context, frames, axis=0)
+        # (an IP-Adapter's `ImagePromptContext` too: every leaf has the batch first)
+        context = jax.tree.map(lambda c: jnp.repeat(c, frames, axis=0), context)
 
-        def fold(x):
-            return x.reshape(batch * frames, *x.shape[2:]) if x.ndim == 5 else x
+        def fold(x):  # [B,F,...] → [B·F,...], frames split over the mesh's `frames` axis
+            x = x.reshape(batch * frames, *x.shape[2:]) if x.ndim == 5 else x
+            return constrain(x, ("video_rows",))
 
         if down_block_additional_residuals is not None:
             down_block_additional_residuals = [fold(r) for r in down_block_additional_residuals]

@@ -8,7 +8,7 @@ heads per block unless `num_attention_heads` is given (diffusers issue #2011).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -20,6 +20,7 @@ from mv2_jax.models.embeddings import (
     TimestepEmbedding,
     timestep_embedding,
 )
+from mv2_jax.models.ip_adapter import image_prompt_context
 from mv2_jax.models.layers import activation, conv, dense, embed, group_norm
 from mv2_jax.models.unet_blocks import DownBlock, MidBlockCrossAttn, UNetMidBlock2D, UpBlock
 
@@ -53,6 +54,15 @@ def _per_block(value, n: int) -> tuple:
 
 def _per_layer(value, n_layers: int) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, Sequence) else (value,) * n_layers
+
+
+class _BlockSettings(NamedTuple):
+    heads: tuple
+    cross_dims: tuple
+    layers: tuple
+    only_cross: tuple
+    tlayers: tuple
+    reverse_tlayers: tuple
 
 
 class UNet2DConditionModel(nn.Module):
@@ -91,6 +101,9 @@ class UNet2DConditionModel(nn.Module):
     reverse_transformer_layers_per_block: tuple | None = None
     encoder_hid_dim: int | None = None
     encoder_hid_dim_type: str | None = None
+    # Image tokens per image of the IP-Adapter (`encoder_hid_dim_type="ip_image_proj"`, with
+    # `encoder_hid_dim` the image embedding width); see `mv2_jax.weights.ip_adapter`.
+    ip_adapter_num_tokens: int = 4
     attention_head_dim: int | tuple[int, ...] = 8
     num_attention_heads: int | tuple[int, ...] | None = None
     class_embed_type: str | None = None
@@ -130,8 +143,12 @@ class UNet2DConditionModel(nn.Module):
             raise NotImplementedError(
                 f"mid_block_type {self.mid_block_type!r}; supported: {_MID_TYPES}"
             )
-        if self.encoder_hid_dim_type not in (None, "text_proj"):
+        if self.encoder_hid_dim_type not in (None, "text_proj", "ip_image_proj"):
             raise NotImplementedError(f"encoder_hid_dim_type {self.encoder_hid_dim_type!r}")
+        if self.encoder_hid_dim_type == "ip_image_proj" and any(
+            _per_block(self.only_cross_attention, 1)
+        ):
+            raise NotImplementedError("IP-Adapter with only_cross_attention")
         if self.addition_embed_type not in (None, "text_time"):
             raise NotImplementedError(f"addition_embed_type {self.addition_embed_type!r}")
 
@@ -214,6 +231,14 @@ class UNet2DConditionModel(nn.Module):
             encoder_hidden_states = dense(cross, name="encoder_hid_proj", **kw)(
                 encoder_hidden_states
             )
+        elif self.encoder_hid_dim_type == "ip_image_proj":
+            encoder_hidden_states = image_prompt_context(
+                encoder_hidden_states,
+                added_cond_kwargs,
+                cross_attention_dim=_per_block(self.cross_attention_dim, 1)[0],
+                num_tokens=self.ip_adapter_num_tokens,
+                **kw,
+            )
         return emb, encoder_hidden_states
 
     def _class_embed(self, class_labels, time_dim, time_proj):
@@ -271,6 +296,102 @@ class UNet2DConditionModel(nn.Module):
         `UNetMotionModel` swaps in stages with temporal layers over `num_frames` frames."""
         return {"down": DownBlock, "mid": MidBlockCrossAttn, "up": UpBlock}[kind](**fields)
 
+    def _blocks(self) -> _BlockSettings:
+        """Per-block settings, each config value expanded to one entry per block."""
+        n = len(self.down_block_types)
+        tlayers = _per_block(self.transformer_layers_per_block, n)
+        return _BlockSettings(
+            heads=_per_block(self.num_attention_heads or self.attention_head_dim, n),
+            cross_dims=_per_block(self.cross_attention_dim, n),
+            layers=_per_block(self.layers_per_block, n),
+            only_cross=_per_block(self.only_cross_attention, n),
+            tlayers=tlayers,
+            reverse_tlayers=self.reverse_transformer_layers_per_block or tuple(reversed(tlayers)),
+        )
+
+    def _stage_fields(self, temb_channels: int) -> dict[str, Any]:
+        """The fields every stage shares."""
+        return dict(
+            temb_channels=temb_channels,
+            resnet_eps=self.norm_eps,
+            resnet_groups=self.norm_num_groups,
+            resnet_act_fn=self.act_fn,
+            resnet_time_scale_shift=self.resnet_time_scale_shift,
+            remat_policy=self.remat_policy,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            attention_implementation=self.attention_implementation,
+        )
+
+    def _conv_in(self, sample: jax.Array) -> jax.Array:
+        sample = sample.astype(self.dtype)
+        if self.center_input_sample:
+            sample = 2 * sample - 1.0
+        return conv(
+            self.block_out_channels[0],
+            self.conv_in_kernel,
+            padding=(self.conv_in_kernel - 1) // 2,
+            name="conv_in",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(sample)
+
+    def _down(
+        self, x: jax.Array, emb: jax.Array, context: jax.Array, num_frames: int = 1
+    ) -> tuple[jax.Array, list[jax.Array]]:
+        """Down stages on `x` (conv_in's output) → (output, skips); the skips start with `x`.
+        Shared with the ControlNets (`mv2_jax.models.controlnet`), which copy this path."""
+        n, channels, blocks = len(self.down_block_types), self.block_out_channels, self._blocks()
+        skips = [x]
+        for i, block_type in enumerate(self.down_block_types):
+            x, block_skips = self._stage(
+                "down",
+                i,
+                num_frames,
+                out_channels=channels[i],
+                num_layers=blocks.layers[i],
+                transformer_layers=_per_layer(blocks.tlayers[i], blocks.layers[i])
+                if self._down_types[block_type]
+                else None,
+                num_attention_heads=blocks.heads[i],
+                cross_attention_dim=blocks.cross_dims[i],
+                only_cross_attention=blocks.only_cross[i],
+                add_downsample=i < n - 1,
+                downsample_padding=self.downsample_padding,
+                name=f"down_blocks_{i}",
+                **self._stage_fields(emb.shape[-1]),
+            )(x, emb, context)
+            skips.extend(block_skips)
+        return x, skips
+
+    def _mid(self, x: jax.Array, emb: jax.Array, context: jax.Array, num_frames: int = 1):
+        """The mid block (identity for `mid_block_type=None`)."""
+        blocks, stage = self._blocks(), self._stage_fields(emb.shape[-1])
+        if self.mid_block_type == "UNetMidBlock2DCrossAttn":
+            return self._stage(
+                "mid",
+                0,
+                num_frames,
+                out_channels=self.block_out_channels[-1],
+                num_layers=1,
+                transformer_layers=_per_layer(blocks.tlayers[-1], 1)[:1],
+                num_attention_heads=blocks.heads[-1],
+                cross_attention_dim=blocks.cross_dims[-1],
+                output_scale_factor=self.mid_block_scale_factor,
+                name="mid_block",
+                **stage,
+            )(x, emb, context)
+        if self.mid_block_type == "UNetMidBlock2D":
+            return UNetMidBlock2D(
+                self.block_out_channels[-1],
+                0,
+                add_attention=False,
+                output_scale_factor=self.mid_block_scale_factor,
+                name="mid_block",
+                **stage,
+            )(x, emb)
+        return x
+
     def _denoise(
         self,
         sample: jax.Array,
@@ -281,63 +402,14 @@ class UNet2DConditionModel(nn.Module):
         num_frames: int = 1,
     ) -> jax.Array:
         """conv_in → down → mid → up → conv_out on `sample[N,H,W,C]` given the embeddings."""
-        kw = dict(
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            attention_implementation=self.attention_implementation,
-        )
         n = len(self.down_block_types)
         channels = self.block_out_channels
-        heads = _per_block(self.num_attention_heads or self.attention_head_dim, n)
-        cross_dims = _per_block(self.cross_attention_dim, n)
-        layers = _per_block(self.layers_per_block, n)
-        only_cross = _per_block(self.only_cross_attention, n)
-        tlayers = _per_block(self.transformer_layers_per_block, n)
-        reverse_tlayers = self.reverse_transformer_layers_per_block or tuple(reversed(tlayers))
+        blocks = self._blocks()
+        heads, cross_dims, layers = blocks.heads, blocks.cross_dims, blocks.layers
+        only_cross, reverse_tlayers = blocks.only_cross, blocks.reverse_tlayers
+        stage = self._stage_fields(emb.shape[-1])
 
-        stage = dict(
-            temb_channels=emb.shape[-1],
-            resnet_eps=self.norm_eps,
-            resnet_groups=self.norm_num_groups,
-            resnet_act_fn=self.act_fn,
-            resnet_time_scale_shift=self.resnet_time_scale_shift,
-            remat_policy=self.remat_policy,
-            **kw,
-        )
-
-        sample = sample.astype(self.dtype)
-        if self.center_input_sample:
-            sample = 2 * sample - 1.0
-        pad = (self.conv_in_kernel - 1) // 2
-        x = conv(
-            channels[0],
-            self.conv_in_kernel,
-            padding=pad,
-            name="conv_in",
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )(sample)
-
-        skips = [x]
-        for i, block_type in enumerate(self.down_block_types):
-            x, block_skips = self._stage(
-                "down",
-                i,
-                num_frames,
-                out_channels=channels[i],
-                num_layers=layers[i],
-                transformer_layers=_per_layer(tlayers[i], layers[i])
-                if self._down_types[block_type]
-                else None,
-                num_attention_heads=heads[i],
-                cross_attention_dim=cross_dims[i],
-                only_cross_attention=only_cross[i],
-                add_downsample=i < n - 1,
-                downsample_padding=self.downsample_padding,
-                name=f"down_blocks_{i}",
-                **stage,
-            )(x, emb, context)
-            skips.extend(block_skips)
+        x, skips = self._down(self._conv_in(sample), emb, context, num_frames)
 
         if down_block_additional_residuals is not None:
             if len(down_block_additional_residuals) != len(skips):
@@ -347,29 +419,7 @@ class UNet2DConditionModel(nn.Module):
                 )
             skips = [s + r for s, r in zip(skips, down_block_additional_residuals)]
 
-        if self.mid_block_type == "UNetMidBlock2DCrossAttn":
-            x = self._stage(
-                "mid",
-                0,
-                num_frames,
-                out_channels=channels[-1],
-                num_layers=1,
-                transformer_layers=_per_layer(tlayers[-1], 1)[:1],
-                num_attention_heads=heads[-1],
-                cross_attention_dim=cross_dims[-1],
-                output_scale_factor=self.mid_block_scale_factor,
-                name="mid_block",
-                **stage,
-            )(x, emb, context)
-        elif self.mid_block_type == "UNetMidBlock2D":
-            x = UNetMidBlock2D(
-                channels[-1],
-                0,
-                add_attention=False,
-                output_scale_factor=self.mid_block_scale_factor,
-                name="mid_block",
-                **stage,
-            )(x, emb)
+        x = self._mid(x, emb, context, num_frames)
         if mid_block_additional_residual is not None:
             x = x + mid_block_additional_residual
 
