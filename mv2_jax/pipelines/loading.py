@@ -9,9 +9,12 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
+from mv2_jax.models.motion import UNetMotionModel
 from mv2_jax.pipelines.t2i import TextToImagePipeline
+from mv2_jax.pipelines.t2v import TextToVideoPipeline
 from mv2_jax.pipelines.text import PromptEncoder, TextEncoder, load_tokenizer
 from mv2_jax.weights.load import load_component, read_config
+from mv2_jax.weights.motion import load_motion_unet
 
 
 def read_model_index(folder: Path) -> dict:
@@ -34,34 +37,68 @@ def read_model_index(folder: Path) -> dict:
     return json.loads(index_path.read_text())
 
 
-def _stable_diffusion(folder: Path, index: dict, dtype) -> TextToImagePipeline:
+def _text(folder: Path, index: dict, dtype) -> PromptEncoder:
+    """The tokenizer(s) + text encoder(s) of an SD / SDXL-style pipeline folder."""
     sdxl = "text_encoder_2" in index and index["text_encoder_2"][0] is not None
-    names = ("", "_2") if sdxl else ("",)
     encoders = []
-    for suffix in names:
+    for suffix in ("", "_2") if sdxl else ("",):
         module, params = load_component(folder / f"text_encoder{suffix}", dtype)
         encoders.append(TextEncoder(load_tokenizer(folder / f"tokenizer{suffix}"), module, params))
-    unet, unet_params = load_component(folder / "unet", dtype)
+    return PromptEncoder(
+        tuple(encoders),
+        force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", sdxl),
+    )
+
+
+def _shared(folder: Path, index: dict, dtype) -> dict:
+    """The fields every latent-diffusion pipeline reads the same way: VAE, text, scheduler."""
     vae, vae_params = load_component(folder / "vae", dtype)
-    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return dict(
+        vae=vae,
+        vae_params=vae_params,
+        text=_text(folder, index, dtype),
+        scheduler_config=json.loads((folder / "scheduler" / "scheduler_config.json").read_text()),
+        unet_sample_size=read_config(folder / "unet").get("sample_size") or 64,
+    )
+
+
+def _stable_diffusion(folder: Path, index: dict, dtype) -> TextToImagePipeline:
+    unet, unet_params = load_component(folder / "unet", dtype)
+    shared = _shared(folder, index, dtype)
     return TextToImagePipeline(
         unet=unet,
         unet_params=unet_params,
-        vae=vae,
-        vae_params=vae_params,
-        text=PromptEncoder(
-            tuple(encoders),
-            force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", sdxl),
-        ),
-        scheduler_config=scheduler_config,
-        default_guidance_scale=5.0 if sdxl else 7.5,
-        unet_sample_size=read_config(folder / "unet").get("sample_size") or 64,
+        default_guidance_scale=5.0 if shared["text"].sdxl else 7.5,
+        **shared,
     )
+
+
+def _animatediff(folder: Path, index: dict, dtype) -> TextToVideoPipeline:
+    """AnimateDiffPipeline: its `unet` is a UNetMotionModel (what diffusers' save_pretrained
+    writes), or an SD UNet2DConditionModel merged with the `motion_adapter` folder as diffusers'
+    `UNetMotionModel.from_unet2d` does."""
+    unet_class = read_config(folder / "unet").get("_class_name")
+    if unet_class == "UNet2DConditionModel":
+        adapter = folder / "motion_adapter"
+        if (index.get("motion_adapter") or [None])[0] is None or not adapter.is_dir():
+            raise FileNotFoundError(
+                f"{folder}: the unet is an image UNet2DConditionModel and there is no "
+                "motion_adapter folder to add motion modules from; add one (a diffusers "
+                "MotionAdapter), or convert an AnimateDiff checkpoint into the pipeline with "
+                "convert/to_flax.py --motion-adapter"
+            )
+        unet, unet_params, _ = load_motion_unet(folder / "unet", adapter, dtype)
+    else:
+        unet, unet_params = load_component(folder / "unet", dtype)
+        if not isinstance(unet, UNetMotionModel):
+            raise ValueError(f"{folder / 'unet'}: a {unet_class}, not a UNetMotionModel")
+    return TextToVideoPipeline(unet=unet, unet_params=unet_params, **_shared(folder, index, dtype))
 
 
 PIPELINES = {
     "StableDiffusionPipeline": _stable_diffusion,
     "StableDiffusionXLPipeline": _stable_diffusion,
+    "AnimateDiffPipeline": _animatediff,
 }
 
 

@@ -8,46 +8,26 @@ seed, guidance or step count reuses the compiled function (`trace_count` shows i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
-from mv2_jax.diffusion.guidance import classifier_free_guidance
 from mv2_jax.diffusion.sampler import denoise, steps_bucket
 from mv2_jax.diffusion.schedulers import make_scheduler
-from mv2_jax.parallel.sharding import batch_sharding, module_shardings_for, shard_params
-from mv2_jax.pipelines.progress import StepProgress
-from mv2_jax.pipelines.text import PromptEncoder
+from mv2_jax.pipelines.base import (
+    LatentDiffusionPipeline,
+    as_list,
+    check_size,
+    place_batch,
+    place_replicated,
+)
 
 
 @dataclass
-class TextToImagePipeline:
+class TextToImagePipeline(LatentDiffusionPipeline):
     """`pipe(prompt, ...) → images [B,H,W,3]` in [0,1] (DESIGN.md, contract 3)."""
-
-    unet: Any
-    unet_params: Any
-    vae: Any
-    vae_params: Any
-    text: PromptEncoder
-    scheduler_config: dict
-    default_guidance_scale: float = 7.5
-    unet_sample_size: int = 64
-    trace_count: int = 0
-    _compiled: dict = field(default_factory=dict, repr=False)
-    _placements: dict = field(default_factory=dict, repr=False)
-    _progress: StepProgress = field(default_factory=StepProgress, repr=False)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.block_out_channels) - 1)
-
-    @property
-    def default_size(self) -> int:
-        return self.unet_sample_size * self.vae_scale_factor
 
     def __call__(
         self,
@@ -77,11 +57,11 @@ class TextToImagePipeline:
         if num_frames not in (None, 1):
             raise ValueError("this is a text-to-image pipeline; num_frames must be None or 1")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negatives = _as_list(negative_prompt, len(prompts))
+        negatives = as_list(negative_prompt, len(prompts))
         if image is not None:
             height, width = image.shape[1:3]
         height, width = height or self.default_size, width or self.default_size
-        _check_size(height, width, self.vae_scale_factor)
+        check_size(height, width, self.vae_scale_factor)
         guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
         sched = make_scheduler(self.scheduler_config, scheduler)
         tables = sched.tables(num_inference_steps, steps_bucket(num_inference_steps))
@@ -93,24 +73,15 @@ class TextToImagePipeline:
             )
 
         use_cfg = guidance_scale > 1.0
-        cond = self.text.encode(prompts)
-        context, pooled = _repeat(cond, num_images_per_prompt)
-        batch = context.shape[0]
+        context, pooled = self._prompt_context(prompts, negatives, num_images_per_prompt, use_cfg)
+        batch = context.shape[0] // (2 if use_cfg else 1)
         if self.text.sdxl:
             time_ids = sdxl_time_ids(
-                batch,
+                context.shape[0],
                 original_size or (height, width),
                 crops_coords_top_left,
                 target_size or (height, width),
             )
-        if use_cfg:
-            uncond, uncond_pooled = _repeat(
-                self.text.encode_negative(negatives, cond), num_images_per_prompt
-            )
-            context = jnp.concatenate([uncond, context])
-            if pooled is not None:
-                pooled = jnp.concatenate([uncond_pooled, pooled])
-                time_ids = jnp.concatenate([time_ids, time_ids])
         added = {"text_embeds": pooled, "time_ids": time_ids} if self.text.sdxl else None
 
         shape = (
@@ -126,10 +97,10 @@ class TextToImagePipeline:
         if image is not None:
             image = jnp.broadcast_to(jnp.asarray(image, jnp.float32), (batch, height, width, 3))
         run = self._compile(sched, use_cfg, progress)
-        batched = _place_batch(
+        batched = place_batch(
             mesh, (context, added, None if latents is None else jnp.asarray(latents), image)
         )
-        scalars = _place_replicated(
+        scalars = place_replicated(
             mesh,
             (jnp.float32(guidance_scale), jnp.float32(guidance_rescale), tables, jnp.int32(seed),
              jnp.int32(start)),
@@ -138,24 +109,11 @@ class TextToImagePipeline:
             images = run(self._params_on(mesh), *batched, *scalars, shape)
             return np.asarray(images)  # waits for the last step inside the bar
 
-    def _params_on(self, mesh):
-        """UNet and VAE params, placed on `mesh` by the logical-axis rules (once per mesh)."""
-        if mesh is None:
-            return self.unet_params, self.vae_params
-        if mesh not in self._placements:
-            self._placements[mesh] = tuple(
-                shard_params(params, module_shardings_for(module, mesh))
-                for module, params in ((self.unet, self.unet_params), (self.vae, self.vae_params))
-            )
-        return self._placements[mesh]
-
     def _compile(self, scheduler, use_cfg: bool, progress: bool):
-        key = (scheduler, use_cfg, progress)
-        if key not in self._compiled:
-            self._compiled[key] = jax.jit(
-                lambda *a: self._generate(scheduler, use_cfg, progress, *a), static_argnums=(10,)
-            )
-        return self._compiled[key]
+        def generate(*args):
+            return self._generate(scheduler, use_cfg, progress, *args)
+
+        return self._compile_cached((scheduler, use_cfg, progress), generate, static_argnums=(10,))
 
     def _generate(self, scheduler, use_cfg, progress, params, context, added, noise, image,
                   guidance, rescale, tables, seed, start, shape):  # fmt: skip
@@ -171,28 +129,13 @@ class TextToImagePipeline:
         else:
             latents = scheduler.add_noise(tables, self._encode(vae_params, image), noise, start)
 
-        def model_fn(x, t):
-            x = jnp.concatenate([x, x]) if use_cfg else x
-            t = jnp.broadcast_to(t, (x.shape[0],))
-            out = self.unet.apply({"params": unet_params}, x, t, context, added_cond_kwargs=added)
-            if not use_cfg:
-                return out
-            uncond, cond = jnp.split(out, 2)
-            return classifier_free_guidance(uncond, cond, guidance, rescale)
+        def predict(x, t):
+            return self.unet.apply({"params": unet_params}, x, t, context, added_cond_kwargs=added)
 
+        model_fn = self.guided(predict, use_cfg, guidance, rescale)
         callback = self._progress.update if progress else None
         latents = denoise(scheduler, tables, model_fn, latents, key_steps, start, callback)
         return self._decode(vae_params, latents)
-
-    def _encode(self, vae_params, image):
-        latents = self.vae.apply({"params": vae_params}, 2 * image - 1, method="encode").mode()
-        return self.vae.to_diffusion_latents(latents)
-
-    def _decode(self, vae_params, latents):
-        vae = self.vae
-        latents = vae.from_diffusion_latents(latents)
-        images = vae.apply({"params": vae_params}, latents, method="decode")
-        return jnp.clip(images / 2 + 0.5, 0.0, 1.0)
 
 
 def sdxl_time_ids(batch: int, original_size, crop_top_left, target_size) -> jax.Array:
@@ -200,38 +143,3 @@ def sdxl_time_ids(batch: int, original_size, crop_top_left, target_size) -> jax.
     (height, width), as the UNet's `added_cond_kwargs["time_ids"]` (Podell et al. 2023, §2.2)."""
     row = (*original_size, *crop_top_left, *target_size)
     return jnp.tile(jnp.asarray([row], jnp.float32), (batch, 1))
-
-
-def _as_list(value, n: int) -> list[str] | None:
-    if value is None:
-        return None
-    values = [value] * n if isinstance(value, str) else list(value)
-    if len(values) != n:
-        raise ValueError(f"{len(values)} negative prompts for {n} prompts")
-    return values
-
-
-def _repeat(pair, times: int):
-    """Each prompt's embeddings `times` times in a row (diffusers' num_images_per_prompt)."""
-    return tuple(None if x is None else jnp.repeat(x, times, axis=0) for x in pair)
-
-
-def _place_batch(mesh, tree):
-    """Inputs with a leading batch axis: split over the mesh's data × fsdp axes."""
-    if mesh is None:
-        return tree
-    return jax.tree.map(
-        lambda x: jax.device_put(x, batch_sharding(mesh, x.ndim, shape=x.shape)), tree
-    )
-
-
-def _place_replicated(mesh, tree):
-    if mesh is None:
-        return tree
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
-
-
-def _check_size(height: int, width: int, factor: int) -> None:
-    multiple = max(8, factor)
-    if height % multiple or width % multiple:
-        raise ValueError(f"height and width must be multiples of {multiple}; got {height}×{width}")
