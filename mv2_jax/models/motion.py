@@ -291,9 +291,10 @@ class UNetMotionModel(UNet2DConditionModel):
         emb, context = self._embed(
             sample[:, 0], timesteps, encoder_hidden_states, added_cond_kwargs, None, timestep_cond
         )
-        emb = jnp.repeat(emb, frames, axis=0)
         # (an IP-Adapter's `ImagePromptContext` too: every leaf has the batch first)
-        context = jax.tree.map(lambda c: jnp.repeat(c, frames, axis=0), context)
+        emb, context = jax.tree.map(
+            lambda c: constrain(jnp.repeat(c, frames, axis=0), ("video_rows",)), (emb, context)
+        )
 
         def fold(x):  # [B,F,...] → [B·F,...], frames split over the mesh's `frames` axis
             x = x.reshape(batch * frames, *x.shape[2:]) if x.ndim == 5 else x

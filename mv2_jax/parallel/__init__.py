@@ -6,6 +6,7 @@ from mv2_jax.parallel.rules import DEFAULT_RULES, override_rules
 from mv2_jax.parallel.sharding import (
     batch_sharding,
     component_shardings,
+    constrain,
     init_sharded,
     logical_specs,
     mesh_spec,
@@ -22,6 +23,7 @@ __all__ = [
     "MESH_AXES",
     "batch_sharding",
     "component_shardings",
+    "constrain",
     "init_sharded",
     "logical_specs",
     "make_mesh",

@@ -25,6 +25,9 @@ DEFAULT_RULES: Rules = (
     # Activations: the batch over every data-parallel axis, video frames over `frames`.
     ("batch", ("data", "fsdp")),
     ("frames", "frames"),
+    # A video's batch folded with its frames ([B·F], spatial layers) or with its pixels
+    # ([B·H·W], temporal layers): either way split over every axis, with no gather between.
+    ("video_rows", ("data", "fsdp", "frames")),
 )
 
 

@@ -153,6 +153,17 @@ def batch_sharding(
     return NamedSharding(mesh, mesh_spec(logical, shape, mesh, rules))
 
 
+def constrain(x: jax.Array, logical: Sequence[str | None], rules: Rules = DEFAULT_RULES):
+    """`x` held to the sharding its dims' logical names give on the mesh that `jax.set_mesh`
+    made current (outside one, `x` unchanged). Models use it where an activation changes
+    layout, e.g. video frames folded into the batch and then pixels into it for temporal
+    attention, so that the compiler keeps the work split instead of gathering it."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, mesh_spec(logical, x.shape, mesh, rules))
+
+
 def per_device_bytes(tree: Any) -> dict[jax.Device, int]:
     """Bytes each device holds of the arrays in `tree` (a replicated array counts on every
     device that has a copy)."""
