@@ -1,11 +1,13 @@
 """Sampling from the command line.
 
     python sample.py t2i --model FOLDER --prompt "a red fox in snow" --out samples/
+    python sample.py t2v --model FOLDER --prompt "a red fox running" --out fox.mp4
     python sample.py "a prompt"         the whole text-to-video cascade (arrives with issue #6)
 
 Every image is written as `OUT/00000.png` with `OUT/00000.json` beside it holding the settings
-and library versions that made it. The work lives in the package (`mv2_jax.load_pipeline`,
-`mv2_jax.media`); this file reads the command line, checks it, calls the pipeline and writes.
+and library versions that made it; a video `OUT.mp4` gets `OUT.json`. The work lives in the
+package (`mv2_jax.load_pipeline`, `mv2_jax.media`); this file reads the command line, checks it,
+calls the pipeline and writes.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mv2_jax
 from mv2_jax.diffusion.schedulers import SCHEDULERS  # the algorithms --scheduler may name
-from mv2_jax.media import save_images
+from mv2_jax.media import VIDEO_SUFFIXES, save_images, write_video
 
 DTYPES = ("fp32", "bf16")
 COMING = {
@@ -56,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample from the MagicVideo-V2 stages (JAX/Flax).",
         epilog=f"Without a subcommand: {CASCADE}.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="{t2i,i2v,v2v,vfi}")
+    commands = parser.add_subparsers(dest="command", metavar="{t2i,t2v,i2v,v2v,vfi}")
     t2i = commands.add_parser(
         "t2i",
         help="text → image with an SD1.x / SD2.x / SDXL pipeline folder",
@@ -64,13 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the library versions) per image; numbering continues after files already in OUT.",
     )
     flag = t2i.add_argument
-    flag(
-        "--model",
-        required=True,
-        metavar="FOLDER",
-        help="a pipeline folder holding model_index.json: a diffusers download, or one "
-        "written by convert/to_flax.py (single-file checkpoints: convert them first)",
-    )
+    add_model_flag(t2i)
     flag(
         "--prompt",
         action="append",
@@ -85,13 +81,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to steer away from (classifier-free guidance); once for all prompts or "
         "once per --prompt (default: the empty prompt)",
     )
-    flag("--steps", type=int, default=50, metavar="N", help="denoising steps, ≥ 1 (default 50)")
+    add_sampling_flags(t2i, steps=50, guidance="7.5 for SD1.x/2.x and 5.0 for SDXL")
+    flag("--num-images", type=int, default=1, metavar="N", help="images per prompt (default 1)")
+    add_device_flags(t2i)
+    flag(
+        "--out",
+        default="samples",
+        metavar="FOLDER",
+        help="where the images and their .json settings go (default samples/)",
+    )
+    add_t2v_parser(commands)
+    for name, text in COMING.items():
+        commands.add_parser(name, help=f"{text}; not available yet", description=text)
+    return parser
+
+
+def add_model_flag(parser: argparse.ArgumentParser, kind: str = "an SD1.x / SD2.x / SDXL") -> None:
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="FOLDER",
+        help=f"{kind} pipeline folder holding model_index.json: a diffusers download, or one "
+        "written by convert/to_flax.py (single-file checkpoints: convert them first)",
+    )
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser, steps: int, guidance: str) -> None:
+    """The denoising flags every sampling subcommand shares."""
+    flag = parser.add_argument
+    flag(
+        "--steps",
+        type=int,
+        default=steps,
+        metavar="N",
+        help=f"denoising steps, ≥ 1 (default {steps})",
+    )
     flag(
         "--guidance-scale",
         type=float,
         metavar="W",
-        help="classifier-free guidance weight; ≤ 1 turns guidance off (default: the "
-        "model's, 7.5 for SD1.x/2.x and 5.0 for SDXL)",
+        help=f"classifier-free guidance weight; ≤ 1 turns guidance off (default: the "
+        f"model's, {guidance})",
     )
     flag(
         "--scheduler",
@@ -104,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     flag("--height", type=int, metavar="PX", help="a multiple of 8 (default: the model's)")
     flag("--width", type=int, metavar="PX", help="a multiple of 8 (default: the model's)")
-    flag("--num-images", type=int, default=1, metavar="N", help="images per prompt (default 1)")
+
+
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    flag = parser.add_argument
     flag(
         "--dtype",
         choices=DTYPES,
@@ -118,15 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
         "the sizes multiply to the device count, one may be -1 for the rest (default: no "
         "mesh, jax's default device)",
     )
-    flag(
-        "--out",
-        default="samples",
-        metavar="FOLDER",
-        help="where the images and their .json settings go (default samples/)",
-    )
-    for name, text in COMING.items():
-        commands.add_parser(name, help=f"{text}; not available yet", description=text)
-    return parser
 
 
 # ---------------------------------------------------------------------------- validation
@@ -162,8 +186,8 @@ def check_model_folder(value: str) -> None:
     raise UsageError(f"--model {value} has no model_index.json; {fix}")
 
 
-def check_t2i(args: argparse.Namespace) -> None:
-    """Every cheap check of the t2i flags, all problems reported at once."""
+def sampling_problems(args: argparse.Namespace) -> list[str]:
+    """The cheap checks of the flags every sampling subcommand shares."""
     problems = []
     try:
         check_model_folder(args.model)
@@ -182,6 +206,12 @@ def check_t2i(args: argparse.Namespace) -> None:
         )
     if args.steps < 1:
         problems.append(f"--steps {args.steps}: sampling needs at least 1 step")
+    return problems
+
+
+def check_t2i(args: argparse.Namespace) -> None:
+    """Every cheap check of the t2i flags, all problems reported at once."""
+    problems = sampling_problems(args)
     if args.num_images < 1:
         problems.append(f"--num-images {args.num_images}: needs at least 1 image per prompt")
     negatives = args.negative_prompt or []
@@ -211,6 +241,20 @@ def build_mesh(spec: str | None):
 # ---------------------------------------------------------------------------- text → image
 
 
+def sampling_kwargs(args: argparse.Namespace, mesh) -> dict:
+    """The pipeline arguments of the flags every sampling subcommand shares."""
+    return dict(
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        scheduler=args.scheduler,
+        height=args.height,
+        width=args.width,
+        seed=args.seed,
+        mesh=mesh,
+        progress=True,
+    )
+
+
 def versions() -> dict:
     devices = jax.devices()
     return {
@@ -236,15 +280,8 @@ def run_t2i(args: argparse.Namespace, argv: list[str]) -> int:
         images = pipe(
             args.prompt,
             negative_prompt=negatives if len(negatives) > 1 else negatives[0],
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance_scale,
-            scheduler=args.scheduler,
-            height=args.height,
-            width=args.width,
-            seed=args.seed,
-            mesh=mesh,
             num_images_per_prompt=args.num_images,
-            progress=True,
+            **sampling_kwargs(args, mesh),
         )
     except (OSError, ValueError, NotImplementedError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -292,7 +329,131 @@ def write_t2i(images, args: argparse.Namespace, argv: list[str], mesh, default_g
     print(f"wrote {len(paths)} image(s) and their .json settings to {args.out}")
 
 
+# ---------------------------------------------------------------------------- text → video
+
+
+def add_t2v_parser(commands) -> None:
+    t2v = commands.add_parser(
+        "t2v",
+        help="text → video with an AnimateDiff pipeline folder (SD1.5 + motion modules)",
+        description="Text → video. Writes OUT (.mp4, .gif, or a folder of PNG frames) and "
+        "OUT's name with .json (every setting and the library versions) beside it.",
+    )
+    flag = t2v.add_argument
+    add_model_flag(t2v, "an AnimateDiff (SD1.x UNet + motion modules)")
+    flag("--prompt", required=True, metavar="TEXT", help="the text to animate")
+    flag(
+        "--negative-prompt",
+        metavar="TEXT",
+        help="what to steer away from (classifier-free guidance; default: the empty prompt)",
+    )
+    flag(
+        "--num-frames",
+        type=int,
+        default=16,
+        metavar="N",
+        help="frames to generate, 1 to the motion modules' motion_max_seq_length (32 for "
+        "AnimateDiff v2/v3, 24 for v1; default 16)",
+    )
+    add_sampling_flags(t2v, steps=25, guidance="7.5")
+    flag("--fps", type=float, default=8.0, help="frame rate written to the video (default 8)")
+    flag(
+        "--decode-chunk-size",
+        type=int,
+        default=16,
+        metavar="N",
+        help="frames the VAE decodes at once; lower it if decoding runs out of memory (default 16)",
+    )
+    add_device_flags(t2v)
+    flag(
+        "--out",
+        default="video.mp4",
+        metavar="PATH",
+        help="the video: .mp4 (H.264), .gif, or a path without suffix for a new folder of "
+        "numbered PNG frames; the settings go to the same name with .json (a folder: its "
+        "settings.json; default video.mp4)",
+    )
+
+
+def check_t2v(args: argparse.Namespace) -> None:
+    """Every cheap check of the t2v flags, all problems reported at once."""
+    problems = sampling_problems(args)
+    index = Path(args.model, "model_index.json")
+    if not problems and index.is_file():
+        kind = json.loads(index.read_text()).get("_class_name")
+        if kind in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
+            problems.append(
+                f"--model {args.model} is a {kind} (text → image): use `sample.py t2i`, or "
+                "add motion modules with `python convert/to_flax.py FOLDER --motion-adapter "
+                "MOTION_MODULE.ckpt --out DIR` and pass --model DIR"
+            )
+    if args.num_frames < 1:
+        problems.append(f"--num-frames {args.num_frames}: needs at least 1 frame")
+    if args.decode_chunk_size < 1:
+        problems.append(f"--decode-chunk-size {args.decode_chunk_size}: needs at least 1")
+    if not args.fps > 0:
+        problems.append(f"--fps {args.fps}: must be positive")
+    out = Path(args.out)
+    if out.suffix and out.suffix.lower() not in VIDEO_SUFFIXES:
+        problems.append(
+            f"--out {args.out}: unsupported suffix {out.suffix!r}; use .mp4, .gif, or no "
+            "suffix for a folder of PNG frames"
+        )
+    elif not out.suffix and out.exists() and any(out.iterdir() if out.is_dir() else [out]):
+        problems.append(f"--out {args.out} exists; frames go to a new or empty folder")
+    if problems:
+        raise UsageError("\n".join(problems))
+
+
+def run_t2v(args: argparse.Namespace, argv: list[str]) -> int:
+    check_t2v(args)
+    mesh = build_mesh(args.mesh)
+    try:
+        dtype = {"fp32": jnp.float32, "bf16": jnp.bfloat16}[args.dtype]
+        pipe = mv2_jax.load_pipeline(args.model, dtype=dtype)
+        videos = pipe(
+            args.prompt,
+            negative_prompt=args.negative_prompt,
+            num_frames=args.num_frames,
+            decode_chunk_size=args.decode_chunk_size,
+            **sampling_kwargs(args, mesh),
+        )
+    except (OSError, ValueError, NotImplementedError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if jax.process_index() == 0:
+        path = write_video(videos[0], args.out, fps=args.fps)
+        settings = {
+            "video": path.name,
+            "model": str(Path(args.model).resolve()),
+            "prompt": args.prompt,
+            "negative_prompt": args.negative_prompt,
+            "seed": args.seed,
+            "steps": args.steps,
+            "scheduler": args.scheduler,
+            "guidance_scale": args.guidance_scale
+            if args.guidance_scale is not None
+            else getattr(pipe, "default_guidance_scale", None),
+            "num_frames": int(videos.shape[1]),
+            "height": int(videos.shape[2]),
+            "width": int(videos.shape[3]),
+            "fps": args.fps,
+            "dtype": args.dtype,
+            "mesh": None if mesh is None else dict(mesh.shape),
+            "command": shlex.join(["python", "sample.py", *argv]),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": versions(),
+        }
+        sidecar = path.with_suffix(".json") if path.suffix else path / "settings.json"
+        sidecar.write_text(json.dumps(settings, indent=2) + "\n")
+        print(f"wrote {path} ({videos.shape[1]} frames) and its settings to {sidecar}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
+
+
+RUNNERS = {"t2i": run_t2i, "t2v": run_t2v}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         parser.print_help(sys.stderr)
         return 2
-    if argv[0] not in ("t2i", *COMING) and not argv[0].startswith("-"):
+    if argv[0] not in (*RUNNERS, *COMING) and not argv[0].startswith("-"):
         print(
             f"sample.py: {CASCADE}; for now make a key image with `sample.py t2i`", file=sys.stderr
         )
@@ -311,10 +472,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     try:
-        return run_t2i(args, argv)
+        return RUNNERS[args.command](args, argv)
     except UsageError as e:
         for line in str(e).splitlines():
-            print(f"sample.py t2i: error: {line}", file=sys.stderr)
+            print(f"sample.py {args.command}: error: {line}", file=sys.stderr)
         return 2
 
 

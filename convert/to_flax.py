@@ -1,6 +1,7 @@
 """PyTorch weights → mv2_jax's orbax form (`config.json` + `params/` per component).
 
     python convert/to_flax.py PATH --out DIR [--dtype bf16] [--config FOLDER] [--model-type T]
+    python convert/to_flax.py SD_FOLDER --motion-adapter mm_sd_v15_v2.ckpt --out DIR
 
 The mapping itself lives in `mv2_jax.weights`; this file only reads the command line.
 """
@@ -62,6 +63,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "default: detected from the checkpoint's keys",
     )
     parser.add_argument(
+        "--motion-adapter",
+        metavar="FILE_OR_FOLDER",
+        help="AnimateDiff: add these motion modules (an original v1/v2/v3 motion-module "
+        ".ckpt/.safetensors, read through diffusers' converter, or a diffusers MotionAdapter "
+        "folder) to PATH, a diffusers SD pipeline folder (→ an AnimateDiffPipeline folder, "
+        "scheduler set to AnimateDiff's linear betas) or UNet folder (→ a UNetMotionModel)",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace --out if it exists and is not empty",
@@ -79,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             model_type=args.model_type,
             dtype=args.dtype,
             overwrite=args.overwrite,
+            motion_adapter=args.motion_adapter,
         )
     except (
         FileNotFoundError,

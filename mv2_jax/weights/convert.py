@@ -64,14 +64,19 @@ def convert_component_folder(src, out, dtype=jnp.float32, log: Log = print, name
     return out
 
 
-def convert_pipeline_folder(src, out, dtype=jnp.float32, log: Log = print) -> Path:
+def convert_pipeline_folder(
+    src, out, dtype=jnp.float32, log: Log = print, skip: tuple[str, ...] = ()
+) -> Path:
     """A diffusers pipeline folder (model_index.json) → the same layout, models in orbax form;
-    folders without a model config (tokenizer, scheduler, …) are copied as they are."""
+    folders without a model config (tokenizer, scheduler, …) are copied as they are; the
+    components named in `skip` are left for the caller to write."""
     src, out = Path(src), Path(out)
     index = json.loads((src / "model_index.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     for name, entry in index.items():
         if name.startswith("_") or not isinstance(entry, list) or entry[0] is None:
+            continue
+        if name in skip:
             continue
         sub = src / name
         if not sub.is_dir():
@@ -153,9 +158,11 @@ def convert_path(
     model_type: str | None = None,
     dtype: str = "fp32",
     overwrite: bool = False,
+    motion_adapter=None,
     log: Log = print,
 ) -> Path:
-    """Convert whatever `src` is (component folder, pipeline folder or single file) into `out`."""
+    """Convert whatever `src` is (component folder, pipeline folder or single file) into `out`;
+    with `motion_adapter`, `src` is an SD pipeline or UNet folder to add motion modules to."""
     src, out = Path(src), Path(out)
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose one of {sorted(DTYPES)}")
@@ -163,6 +170,11 @@ def convert_path(
         raise FileNotFoundError(f"{src}: no such file or folder")
     if src.is_dir() and (config is not None or model_type is not None):
         raise ValueError("--config / --model-type are for single-file checkpoints only")
+    if motion_adapter is not None and not src.is_dir():
+        raise ValueError(
+            "--motion-adapter adds motion modules to a diffusers SD pipeline or UNet folder; "
+            f"{src} is a file (convert a single-file SD checkpoint first, then add them)"
+        )
     if config is not None and model_type is not None:
         raise ValueError("pass --config or --model-type, not both: the config folder decides")
     if src.is_dir() and not ((src / "model_index.json").exists() or (src / "config.json").exists()):
@@ -177,6 +189,10 @@ def convert_path(
         shutil.rmtree(out)
     jdtype = DTYPES[dtype]
     try:
+        if motion_adapter is not None:
+            from mv2_jax.weights.animatediff import convert_with_motion_adapter
+
+            return convert_with_motion_adapter(src, motion_adapter, out, jdtype, log)
         if src.is_file():
             return convert_single_file(src, out, config, model_type, jdtype, log)
         if (src / "model_index.json").exists():

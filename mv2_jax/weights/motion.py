@@ -128,26 +128,43 @@ def load_motion_unet(
     is its config.json (to save the merged model next to the params). Strict like
     `load_component`: every param filled, every tensor used."""
     unet_folder, adapter_folder = Path(unet_folder), Path(motion_adapter_folder)
-    unet_config, adapter_config = read_config(unet_folder), read_config(adapter_folder)
+    adapter_config = read_config(adapter_folder)
     if adapter_config.get("_class_name") != "MotionAdapter":
         raise ValueError(f"{adapter_folder}: not a MotionAdapter folder")
+    return merge_motion_unet(
+        read_config(unet_folder),
+        read_weights_folder(unet_folder, MOTION.weights_stem),
+        adapter_config,
+        read_weights_folder(adapter_folder, MOTION.weights_stem),
+        dtype,
+        what=f"{unet_folder} + {adapter_folder}",
+    )
+
+
+def merge_motion_unet(
+    unet_config: Mapping[str, Any],
+    unet_state: Mapping[str, Any],
+    adapter_config: Mapping[str, Any],
+    adapter_state: Mapping[str, Any],
+    dtype=jnp.float32,
+    what: str = "UNet + motion adapter",
+) -> tuple[UNetMotionModel, dict, dict[str, Any]]:
+    """`load_motion_unet` on configs and diffusers-layout state dicts already read (e.g. an
+    adapter converted from an original AnimateDiff checkpoint)."""
     config = motion_config_from_unet2d(unet_config, adapter_config)
     module = MOTION.build(config, dtype)
-    state = dict(read_weights_folder(unet_folder, MOTION.weights_stem))
-    adapter_state = read_weights_folder(adapter_folder, MOTION.weights_stem)
     if not all(".motion_modules." in key for key in adapter_state):
         stray = sorted(k for k in adapter_state if ".motion_modules." not in k)[:5]
-        raise ValueError(f"{adapter_folder}: keys outside the motion modules, e.g. {stray}")
-    clash = sorted(set(state) & set(adapter_state))
+        raise ValueError(f"{what}: adapter keys outside the motion modules, e.g. {stray}")
+    clash = sorted(set(unet_state) & set(adapter_state))
     if clash:
-        raise ValueError(f"{unet_folder} already holds motion modules, e.g. {clash[:3]}")
-    state.update(adapter_state)
+        raise ValueError(f"{what}: the UNet already holds motion modules, e.g. {clash[:3]}")
     params = convert_state_dict(
-        state,
+        {**unet_state, **adapter_state},
         param_shapes(module, MOTION),
         MOTION.rules,
         dtype=dtype,
-        what=f"{unet_folder} + {adapter_folder}",
+        what=what,
         place=lambda path, value: jnp.asarray(value),
     )
     return module, params, config
