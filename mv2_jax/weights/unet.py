@@ -18,7 +18,9 @@ def unet_example_inputs(unet: UNet2DConditionModel) -> tuple[tuple, dict]:
     """The smallest inputs that create every param of `unet`."""
     size = 2 ** (len(unet.down_block_types) - 1)
     cross = unet.cross_attention_dim
-    context_dim = unet.encoder_hid_dim or (cross[0] if isinstance(cross, Sequence) else cross)
+    cross = cross[0] if isinstance(cross, Sequence) else cross
+    ip_adapter = unet.encoder_hid_dim_type == "ip_image_proj"
+    context_dim = cross if ip_adapter else (unet.encoder_hid_dim or cross)
     kwargs = {}
     if unet.addition_embed_type == "text_time":
         time_ids = jnp.zeros((1, 6))
@@ -27,6 +29,9 @@ def unet_example_inputs(unet: UNet2DConditionModel) -> tuple[tuple, dict]:
             "text_embeds": jnp.zeros((1, text_dim)),
             "time_ids": time_ids,
         }
+    if ip_adapter:  # encoder_hid_dim is the image embedding width (diffusers' ImageProjection)
+        added = kwargs.setdefault("added_cond_kwargs", {})
+        added["image_embeds"] = jnp.zeros((1, unet.encoder_hid_dim))
     if unet.class_embed_type is not None or unet.num_class_embeds is not None:
         kwargs["class_labels"] = _example_class_labels(unet)
     args = (
