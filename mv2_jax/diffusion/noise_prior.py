@@ -21,10 +21,13 @@ import jax
 import jax.numpy as jnp
 
 
-def mean_shift_prior(reference: jax.Array, noise: jax.Array, strength: float) -> jax.Array:
+def mean_shift_prior(
+    reference: jax.Array, noise: jax.Array, strength: float | jax.Array
+) -> jax.Array:
     """`reference [B, h, w, C]` (scaled VAE latents of the key image), `noise [B, F, h, w, C]`
-    unit Gaussian → `√a·reference + √(1−a)·noise` for every frame."""
-    if not 0.0 <= strength <= 1.0:
+    unit Gaussian → `√a·reference + √(1−a)·noise` for every frame. `strength` may be traced
+    (then the caller checks its range)."""
+    if isinstance(strength, int | float) and not 0.0 <= strength <= 1.0:
         raise ValueError(f"noise prior strength must be in [0, 1], got {strength}")
     return jnp.sqrt(strength) * reference[:, None] + jnp.sqrt(1.0 - strength) * noise
 

@@ -85,6 +85,24 @@ _FROM_UNET_2D_ONLY = (
 _SHARED = ("conv_in", "time_embedding", "class_embedding", "add_embedding", "mid_block")
 
 
+def controlnet_like(
+    unet: UNet2DConditionModel, *, sparse: bool = False, **overrides: Any
+) -> ControlNetModel | SparseControlNetModel:
+    """The (params-free) ControlNet module that `controlnet_from_unet` builds for `unet`."""
+    fields = {k: getattr(unet, k) for k in _FROM_UNET}
+    if sparse:
+        fields["down_block_types"] = tuple(
+            "CrossAttnDownBlockMotion" if "CrossAttn" in t else "DownBlockMotion"
+            for t in unet.down_block_types
+        )
+        fields["conditioning_channels"] = 3
+        return SparseControlNetModel(**{**fields, **overrides})
+    fields.update({k: getattr(unet, k) for k in _FROM_UNET_2D_ONLY})
+    # (from a motion UNet too: its spatial down blocks are the 2D ones)
+    fields["down_block_types"] = tuple(t.replace("Motion", "2D") for t in unet.down_block_types)
+    return ControlNetModel(**{**fields, **overrides})
+
+
 def controlnet_from_unet(
     unet: UNet2DConditionModel,
     unet_params: dict,
@@ -103,18 +121,8 @@ def controlnet_from_unet(
     diffusers' `from_unet`; SparseCtrl RGB takes 4 latent channels),
     `use_simplified_condition_embedding`, `motion_num_attention_heads`.
     Returns `(module, params)`; params are plain arrays in the module's `param_dtype`."""
-    fields = {k: getattr(unet, k) for k in _FROM_UNET}
-    if sparse:
-        fields["down_block_types"] = tuple(
-            "CrossAttnDownBlockMotion" if "CrossAttn" in t else "DownBlockMotion"
-            for t in unet.down_block_types
-        )
-        fields["conditioning_channels"] = 3
-        cls, inputs = SparseControlNetModel, sparse_controlnet_example_inputs
-    else:
-        fields.update({k: getattr(unet, k) for k in _FROM_UNET_2D_ONLY})
-        cls, inputs = ControlNetModel, controlnet_example_inputs
-    module = cls(**{**fields, **overrides})
+    module = controlnet_like(unet, sparse=sparse, **overrides)
+    inputs = sparse_controlnet_example_inputs if sparse else controlnet_example_inputs
     args, kwargs = inputs(module)
     rng = jax.random.key(0) if rng is None else rng
     params = meta.unbox(jax.jit(lambda r: module.init(r, *args, **kwargs))(rng)["params"])

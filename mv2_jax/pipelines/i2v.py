@@ -1,0 +1,272 @@
+"""Image → video (MagicVideo-V2's I2V stage): a key image and a prompt → keyframes whose first
+frame keeps the image's look.
+
+The key image conditions the motion UNet in up to four ways, each switchable and scaled per call:
+- *appearance encoder* (`mv2_jax.models.appearance`): reference attention to the key image's
+  features, computed once per video (`reference_scale`);
+- *RGB ControlNet* (`SparseControlNetModel`, SparseCtrl RGB, or an SD `ControlNetModel` run per
+  frame) fed the key image on the first frame or on all frames (`controlnet_scale`,
+  `controlnet_frames`);
+- *IP-Adapter* image-prompt cross-attention (`ip_adapter_scale`), when the pipeline has one;
+- *latent noise prior* (`mv2_jax.diffusion.noise_prior`): the sampler starts from noise shifted
+  toward the key image's latent (`noise_prior`, `noise_prior_strength`).
+Scales are traced (changing them, 0 included, reuses the compiled function); switching a
+conditioning on or off (scale None) or changing the noise prior's kind compiles once more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mv2_jax.data.decode import resize_and_crop
+from mv2_jax.diffusion.noise_prior import frequency_prior, mean_shift_prior
+from mv2_jax.media import to_uint8
+from mv2_jax.models.appearance import (
+    encode_reference,
+    tile_reference,
+    with_reference_scale,
+)
+from mv2_jax.models.controlnet import SparseControlNetModel
+from mv2_jax.pipelines.base import as_list
+from mv2_jax.pipelines.t2v import TextToVideoPipeline, VideoRequest
+
+NOISE_PRIORS = ("none", "mean_shift", "frequency")
+CONTROLNET_FRAMES = ("first", "all")
+# MagicVideo-V2's I2V resolution (§3): about 600² × 32 frames, for SD1.5-size models.
+PAPER_SIZE, PAPER_FRAMES = 600, 32
+
+
+@dataclass(frozen=True)
+class ImageVideoRequest(VideoRequest):
+    """`VideoRequest` plus which conditionings run (static: each changes the program)."""
+
+    reference: bool = False
+    controlnet_frames: str | None = None
+    noise_prior: str = "none"
+
+
+@dataclass
+class ImageToVideoPipeline(TextToVideoPipeline):
+    """`pipe(image, prompt, ...) → videos [B,F,H,W,3]` in [0,1]; see the module docstring.
+
+    `appearance` is `(spatial UNet, params)` of the appearance encoder, `controlnet` is
+    `(ControlNetModel or SparseControlNetModel, params)`; either may be None."""
+
+    appearance: tuple[Any, Any] | None = None
+    controlnet: tuple[Any, Any] | None = None
+
+    def components(self) -> dict[str, tuple[Any, Any]]:
+        models = super().components()
+        if self.appearance is not None:
+            models["appearance"] = self.appearance
+        if self.controlnet is not None:
+            models["controlnet"] = self.controlnet
+        return models
+
+    @property
+    def default_size(self) -> int:
+        native = super().default_size
+        return PAPER_SIZE if native >= 512 else native
+
+    def __call__(
+        self,
+        image,
+        prompt,
+        negative_prompt=None,
+        num_inference_steps: int = 25,
+        guidance_scale: float | None = None,
+        scheduler: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        latents: np.ndarray | None = None,
+        seed: int = 0,
+        mesh: jax.sharding.Mesh | None = None,
+        num_videos_per_prompt: int = 1,
+        guidance_rescale: float = 0.0,
+        decode_chunk_size: int = 16,
+        progress: bool = False,
+        *,
+        reference_scale: float | None = 1.0,
+        controlnet_scale: float | None = 1.0,
+        controlnet_frames: str = "first",
+        noise_prior: str = "mean_shift",
+        noise_prior_strength: float = 0.05,
+    ) -> np.ndarray:
+        """Videos `[B·num_videos_per_prompt, F, H, W, 3]` in [0,1] from `image` (`[H,W,3]` or
+        one per prompt `[B,H,W,3]`, float in [0,1] or uint8; scaled to cover `height × width`
+        and centre-cropped). Default size: the model's (600² for SD1.5-size models, as in the
+        paper), default frames: 32 or the motion modules' maximum. A conditioning whose scale is
+        None (or that the pipeline lacks) is skipped; a scale of 0 runs it at zero weight (the
+        same program as any other scale). `noise_prior` is "none", "mean_shift"
+        (z_T = √a·z_ref + √(1−a)·ε, a = `noise_prior_strength`) or "frequency"."""
+        if noise_prior not in NOISE_PRIORS:
+            raise ValueError(f"noise_prior {noise_prior!r}; choose from {NOISE_PRIORS}")
+        if controlnet_frames not in CONTROLNET_FRAMES:
+            raise ValueError(
+                f"controlnet_frames {controlnet_frames!r}; choose from {CONTROLNET_FRAMES}"
+            )
+        if not 0.0 <= noise_prior_strength <= 1.0:
+            raise ValueError(f"noise_prior_strength must be in [0, 1], got {noise_prior_strength}")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if num_frames is None:
+            num_frames = min(PAPER_FRAMES, getattr(self.unet, "motion_max_seq_length", 32))
+        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        use_cfg = guidance_scale > 1.0
+        context, _ = self._prompt_context(
+            prompts, as_list(negative_prompt, len(prompts)), num_videos_per_prompt, use_cfg
+        )
+        request, scalars = self.prepare(
+            context.shape[0] // (2 if use_cfg else 1),
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            scheduler=scheduler,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            latents=latents,
+            seed=seed,
+            guidance_rescale=guidance_rescale,
+            decode_chunk_size=decode_chunk_size,
+            progress=progress,
+        )
+        use_control = self.controlnet is not None and controlnet_scale is not None
+        request = ImageVideoRequest(
+            **{f.name: getattr(request, f.name) for f in fields(VideoRequest)},
+            reference=self.appearance is not None and reference_scale is not None,
+            controlnet_frames=controlnet_frames if use_control else None,
+            noise_prior=noise_prior,
+        )
+        scalars.update(
+            reference_scale=jnp.float32(reference_scale or 0.0),
+            controlnet_scale=jnp.float32(controlnet_scale or 0.0),
+            noise_prior_strength=jnp.float32(noise_prior_strength),
+        )
+        batch, _, h, w, _ = request.shape
+        factor = self.vae_scale_factor
+        images = fit_images(image, len(prompts), h * factor, w * factor)
+        inputs = {
+            "context": context,
+            "noise": self.noise(request, seed, latents),
+            "image": jnp.asarray(np.repeat(images, batch // len(prompts), axis=0)),
+        }
+        return self.run(request, inputs, scalars, num_inference_steps, mesh)
+
+    # ------------------------------------------------------------------ traced
+
+    def _generate(self, request, params, inputs, scalars):
+        """The key image's latent and features once per video, then text-to-video's loop."""
+        inputs = dict(inputs, **self._conditions(request, params, inputs, scalars))
+        return super()._generate(request, params, inputs, scalars)
+
+    def _conditions(self, request: ImageVideoRequest, params, inputs, scalars) -> dict:
+        reference_latent = self._encode(params["vae"], inputs["image"])  # [B,h,w,C]
+        out = {}
+        if request.noise_prior != "none":
+            out["noise"] = self._noise_prior(request, inputs["noise"], reference_latent, scalars)
+        copies = 2 if request.use_cfg else 1
+        context = inputs["context"]
+        if request.reference:
+            encoder, _ = self.appearance
+            cond_context = context[context.shape[0] // copies * (copies - 1) :]
+            features = encode_reference(
+                encoder, params["appearance"], reference_latent, cond_context
+            )
+            features = with_reference_scale(features, scalars["reference_scale"])
+            out["reference"] = tile_reference(features, copies)
+        if request.controlnet_frames is not None:
+            cond, mask = self._control_condition(request, reference_latent, inputs["image"])
+            out["control_cond"] = jnp.concatenate([cond] * copies)
+            out["control_mask"] = jnp.concatenate([mask] * copies)
+            out["controlnet_scale"] = scalars["controlnet_scale"]
+        return out
+
+    def _control_condition(self, request, reference_latent, image):
+        """`(condition [B,F,H',W',C'], mask [B,F])`: the key image on frame 0 (or every frame),
+        zeros elsewhere; SparseCtrl RGB with the simplified embedding takes its latent, other
+        ControlNets its pixels in [0,1], as diffusers' pipelines feed them."""
+        controlnet, _ = self.controlnet
+        frames = request.shape[1]
+        mask = jnp.ones((image.shape[0], frames), jnp.float32)
+        if request.controlnet_frames == "first":
+            mask = mask.at[:, 1:].set(0.0)
+        simplified = getattr(controlnet, "use_simplified_condition_embedding", False)
+        pixels = reference_latent if simplified else image
+        cond = pixels[:, None] * mask[:, :, None, None, None].astype(pixels.dtype)
+        return cond, mask
+
+    def _noise_prior(self, request, noise, reference_latent, scalars) -> jax.Array:
+        """The unit-scale starting noise with the key image's latent mixed in (the default
+        `initial_latents` then scales it by the scheduler's initial sigma)."""
+        strength = scalars["noise_prior_strength"]
+        if request.noise_prior == "mean_shift":
+            return mean_shift_prior(reference_latent, noise, strength)
+        alphas = jnp.asarray(request.scheduler.train_alphas_cumprod(), jnp.float32)
+        first = scalars["tables"]["timesteps"][0].astype(jnp.int32)
+        key = jax.random.fold_in(jax.random.key(scalars["seed"]), 2)
+        reference_noise = jax.random.normal(key, noise.shape, noise.dtype)
+        prior = frequency_prior(
+            reference_latent, noise, reference_noise, alphas[jnp.clip(first, 0, len(alphas) - 1)]
+        )
+        # the strength blends toward the prior: 0 = plain noise, 1 = the full frequency prior
+        return jnp.sqrt(strength) * prior + jnp.sqrt(1.0 - strength) * noise
+
+    def predict_noise(self, params, inputs, x, t):
+        variables = {"params": params["unet"]}
+        if "reference" in inputs:
+            variables["reference"] = inputs["reference"]
+        residuals = {}
+        if "control_cond" in inputs:
+            residuals = self._control_residuals(params["controlnet"], inputs, x, t)
+        return self.unet.apply(
+            variables,
+            x,
+            t,
+            inputs["context"],
+            added_cond_kwargs=inputs.get("added_cond_kwargs"),
+            **residuals,
+        )
+
+    def _control_residuals(self, controlnet_params, inputs, x, t) -> dict:
+        controlnet, _ = self.controlnet
+        variables = {"params": controlnet_params}
+        scale, cond, mask = (
+            inputs["controlnet_scale"],
+            inputs["control_cond"],
+            inputs["control_mask"],
+        )
+        if isinstance(controlnet, SparseControlNetModel):
+            down, mid = controlnet.apply(
+                variables, x, t, inputs["context"], cond, scale, conditioning_mask=mask
+            )
+        else:  # an image ControlNet, frame by frame; frames without the image get no residual
+            n, frames = x.shape[:2]
+            down, mid = controlnet.apply(
+                variables,
+                x.reshape(n * frames, *x.shape[2:]),
+                jnp.repeat(t, frames),
+                jnp.repeat(inputs["context"], frames, axis=0),
+                cond.reshape(n * frames, *cond.shape[2:]),
+                scale,
+            )
+            keep = mask.reshape(n * frames, 1, 1, 1)
+            down, mid = tuple(d * keep for d in down), mid * keep
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+
+def fit_images(image, count: int, height: int, width: int) -> np.ndarray:
+    """`image` (`[H,W,3]` for every prompt or `[count,H,W,3]`; float in [0,1] or uint8) →
+    float32 `[count, height, width, 3]`, scaled to cover and centre-cropped."""
+    pixels = to_uint8(image, "image")
+    if pixels.ndim == 3:
+        pixels = np.repeat(pixels[None], count, axis=0)
+    if pixels.ndim != 4 or pixels.shape[-1] != 3:
+        raise ValueError(f"image: expected [H,W,3] or [B,H,W,3], got shape {pixels.shape}")
+    if pixels.shape[0] != count:
+        raise ValueError(f"{pixels.shape[0]} images for {count} prompts; give one or one each")
+    return resize_and_crop(pixels, height, width, None).astype(np.float32) / 255.0

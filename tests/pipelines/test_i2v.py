@@ -1,0 +1,161 @@
+"""The image-to-video pipeline on a tiny random AnimateDiff pipeline with an appearance encoder
+and a ControlNet: with every conditioning off it is the text-to-video pipeline exactly; each
+conditioning changes the video; scales are traced (no recompile); the noise priors follow their
+formulas; bad input is named."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+import mv2_jax  # noqa: E402
+from mv2_jax.models.appearance import appearance_encoder, spatial_params  # noqa: E402
+from mv2_jax.pipelines.i2v import ImageToVideoPipeline, ImageVideoRequest  # noqa: E402
+from mv2_jax.weights.controlnet import controlnet_from_unet  # noqa: E402
+from tests.pipelines.tiny import tiny_animatediff_pipeline  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+CALL = dict(num_inference_steps=2, num_frames=3, height=16, width=16, scheduler="ddim")
+OFF = dict(reference_scale=None, controlnet_scale=None, noise_prior="none")
+# every conditioning in the program, each at zero weight
+ZERO = dict(reference_scale=0.0, controlnet_scale=0.0, noise_prior="mean_shift",
+            noise_prior_strength=0.0)  # fmt: skip
+
+
+def _perturbed(params, seed):
+    """Params plus small noise: zero-initialised projections (ControlNet zero convs) start to
+    act, so a conditioning's effect is visible with random weights."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(
+        tree, [p + 0.05 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+    )
+
+
+@pytest.fixture(scope="module")
+def t2v(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("i2v") / "pipe"
+    tiny_animatediff_pipeline(folder)
+    return mv2_jax.load_pipeline(folder)
+
+
+def _i2v(t2v, controlnet) -> ImageToVideoPipeline:
+    base = {f.name: getattr(t2v, f.name) for f in dataclasses.fields(t2v) if f.init}
+    base.update(trace_count=0, _compiled={}, _placements={})
+    return ImageToVideoPipeline(
+        **base,
+        appearance=(appearance_encoder(t2v.unet), _perturbed(spatial_params(t2v.unet_params), 1)),
+        controlnet=(controlnet[0], _perturbed(controlnet[1], 2)),
+    )
+
+
+@pytest.fixture(scope="module")
+def pipe(t2v):
+    sparse = controlnet_from_unet(
+        t2v.unet, t2v.unet_params, sparse=True, conditioning_channels=4,
+        use_simplified_condition_embedding=True, motion_num_attention_heads=2,
+    )  # fmt: skip
+    return _i2v(t2v, sparse)
+
+
+def _image(seed=0):
+    return np.random.default_rng(seed).uniform(0, 1, (24, 20, 3)).astype(np.float32)
+
+
+def _latents(seed=0):
+    return np.random.default_rng(seed).standard_normal((1, 3, 8, 8, 4), np.float32)
+
+
+def test_every_conditioning_off_is_text_to_video(t2v, pipe):
+    latents = _latents()
+    expected = t2v("a cat", latents=latents, guidance_scale=3.0, **CALL)
+    out = pipe(_image(), "a cat", latents=latents, guidance_scale=3.0, **CALL, **OFF)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_each_conditioning_acts_and_its_scale_is_traced(pipe):
+    latents = _latents(1)
+    off = pipe(_image(), "a cat", latents=latents, **CALL, **OFF)
+    zero = pipe(_image(), "a cat", latents=latents, **CALL, **ZERO)
+    np.testing.assert_allclose(zero, off, atol=1e-5)  # zero weight is off
+    traces = pipe.trace_count
+    for name in ("reference_scale", "controlnet_scale", "noise_prior_strength"):
+        out = pipe(_image(), "a cat", latents=latents, **CALL, **{**ZERO, name: 0.5})
+        assert np.isfinite(out).all(), name
+        assert np.abs(out - off).max() > 1e-3, name
+    everything = dict(reference_scale=1.0, controlnet_scale=1.0, noise_prior_strength=0.2)
+    first = pipe(_image(), "a cat", latents=latents, **CALL, **{**ZERO, **everything})
+    other = pipe(_image(3), "a dog", latents=latents, **CALL, **{**ZERO, **everything})
+    assert pipe.trace_count == traces  # new scales, image and prompt: no recompile
+    assert np.abs(first - other).max() > 1e-3
+
+
+def test_controlnet_sees_the_image_on_the_first_or_every_frame(pipe):
+    request, _ = _request(pipe, controlnet_frames="first")
+    latent = jnp.ones((1, 8, 8, 4))
+    image = jnp.ones((1, 16, 16, 3))
+    cond, mask = pipe._control_condition(request, latent, image)  # SparseCtrl RGB: the latent
+    assert cond.shape == (1, 3, 8, 8, 4)
+    np.testing.assert_array_equal(mask, [[1, 0, 0]])
+    np.testing.assert_array_equal(cond[:, 1:], 0)
+    np.testing.assert_array_equal(cond[:, 0], latent)
+    request = dataclasses.replace(request, controlnet_frames="all")
+    cond, mask = pipe._control_condition(request, latent, image)
+    np.testing.assert_array_equal(mask, [[1, 1, 1]])
+    np.testing.assert_array_equal(cond, jnp.broadcast_to(latent[:, None], cond.shape))
+
+
+def _request(pipe, **fields):
+    request, scalars = pipe.prepare(
+        1, num_inference_steps=4, guidance_scale=1.0, scheduler="ddim", height=16, width=16,
+        num_frames=3, latents=None, seed=0, guidance_rescale=0.0, decode_chunk_size=4,
+        progress=False,
+    )  # fmt: skip
+    base = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
+    return ImageVideoRequest(**base, **fields), scalars
+
+
+def test_noise_priors_follow_their_formulas(pipe):
+    request, scalars = _request(pipe)
+    noise = jnp.asarray(_latents(2))
+    reference = jnp.asarray(np.random.default_rng(3).standard_normal((1, 8, 8, 4), np.float32))
+    scalars["noise_prior_strength"] = jnp.float32(0.3)
+    mean_shift = dataclasses.replace(request, noise_prior="mean_shift")
+    got = pipe._noise_prior(mean_shift, noise, reference, scalars)
+    want = np.sqrt(0.3) * reference[:, None] + np.sqrt(0.7) * noise
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    # the frequency prior keeps the reference's mean (the lowest frequency) up to noise
+    scalars["noise_prior_strength"] = jnp.float32(1.0)
+    frequency = dataclasses.replace(request, noise_prior="frequency")
+    got = pipe._noise_prior(frequency, noise, reference, scalars)
+    assert got.shape == noise.shape and np.isfinite(got).all()
+
+
+def test_image_controlnet_runs_per_frame(t2v):
+    # its condition embedding downsamples 2× (one stride-2 step), as this tiny VAE does
+    controlnet = controlnet_from_unet(
+        t2v.unet, t2v.unet_params, conditioning_embedding_out_channels=(8, 16)
+    )
+    pipe = _i2v(t2v, controlnet)
+    latents = _latents(4)
+    off = pipe(_image(), "a cat", latents=latents, **CALL, **OFF)
+    first = pipe(_image(), "a cat", latents=latents, **CALL, **{**OFF, "controlnet_scale": 1.0},
+                 controlnet_frames="all")  # fmt: skip
+    assert np.abs(first - off).max() > 1e-3
+
+
+def test_bad_input_is_named(pipe):
+    with pytest.raises(ValueError, match="noise_prior 'gauss'"):
+        pipe(_image(), "a cat", noise_prior="gauss", **CALL)
+    with pytest.raises(ValueError, match="controlnet_frames"):
+        pipe(_image(), "a cat", controlnet_frames="last", **CALL)
+    with pytest.raises(ValueError, match="2 images for 1 prompts"):
+        pipe(np.stack([_image(), _image()]), "a cat", **CALL)
+    with pytest.raises(ValueError, match=r"\[H,W,3\]"):
+        pipe(np.zeros((4, 4)), "a cat", **CALL)
