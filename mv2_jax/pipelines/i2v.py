@@ -7,7 +7,8 @@ The key image conditions the motion UNet in up to four ways, each switchable and
 - *RGB ControlNet* (`SparseControlNetModel`, SparseCtrl RGB, or an SD `ControlNetModel` run per
   frame) fed the key image on the first frame or on all frames (`controlnet_scale`,
   `controlnet_frames`);
-- *IP-Adapter* image-prompt cross-attention (`ip_adapter_scale`), when the pipeline has one;
+- *IP-Adapter* image-prompt cross-attention (`ip_adapter_scale`), when the UNet has one and the
+  pipeline its CLIP image encoder;
 - *latent noise prior* (`mv2_jax.diffusion.noise_prior`): the sampler starts from noise shifted
   toward the key image's latent (`noise_prior`, `noise_prior_strength`).
 Scales are traced (changing them, 0 included, reuses the compiled function); switching a
@@ -31,6 +32,7 @@ from mv2_jax.models.appearance import (
     tile_reference,
     with_reference_scale,
 )
+from mv2_jax.models.clip_vision import preprocess_images
 from mv2_jax.models.controlnet import SparseControlNetModel
 from mv2_jax.pipelines.base import as_list
 from mv2_jax.pipelines.t2v import TextToVideoPipeline, VideoRequest
@@ -46,6 +48,7 @@ class ImageVideoRequest(VideoRequest):
     """`VideoRequest` plus which conditionings run (static: each changes the program)."""
 
     reference: bool = False
+    ip_adapter: bool = False
     controlnet_frames: str | None = None
     noise_prior: str = "none"
 
@@ -55,10 +58,13 @@ class ImageToVideoPipeline(TextToVideoPipeline):
     """`pipe(image, prompt, ...) → videos [B,F,H,W,3]` in [0,1]; see the module docstring.
 
     `appearance` is `(spatial UNet, params)` of the appearance encoder, `controlnet` is
-    `(ControlNetModel or SparseControlNetModel, params)`; either may be None."""
+    `(ControlNetModel or SparseControlNetModel, params)`, `image_encoder` the
+    `(CLIPVisionModelWithProjection, params)` of an IP-Adapter loaded into the UNet
+    (`mv2_jax.weights.ip_adapter.load_ip_adapter`); any may be None."""
 
     appearance: tuple[Any, Any] | None = None
     controlnet: tuple[Any, Any] | None = None
+    image_encoder: tuple[Any, Any] | None = None
 
     def components(self) -> dict[str, tuple[Any, Any]]:
         models = super().components()
@@ -66,7 +72,20 @@ class ImageToVideoPipeline(TextToVideoPipeline):
             models["appearance"] = self.appearance
         if self.controlnet is not None:
             models["controlnet"] = self.controlnet
+        if self.image_encoder is not None:
+            models["image_encoder"] = self.image_encoder
         return models
+
+    def __post_init__(self):
+        if self.unet.encoder_hid_dim_type == "ip_image_proj" and self.image_encoder is None:
+            raise ValueError(
+                "the UNet has an IP-Adapter but the pipeline has no image_encoder (a "
+                "CLIPVisionModelWithProjection) to embed the key image; pass one"
+            )
+
+    @property
+    def has_ip_adapter(self) -> bool:
+        return self.image_encoder is not None and self.unet.encoder_hid_dim_type == "ip_image_proj"
 
     @property
     def default_size(self) -> int:
@@ -94,6 +113,7 @@ class ImageToVideoPipeline(TextToVideoPipeline):
         *,
         reference_scale: float | None = 1.0,
         controlnet_scale: float | None = 1.0,
+        ip_adapter_scale: float | None = 1.0,
         controlnet_frames: str = "first",
         noise_prior: str = "mean_shift",
         noise_prior_strength: float = 0.05,
@@ -139,12 +159,14 @@ class ImageToVideoPipeline(TextToVideoPipeline):
         request = ImageVideoRequest(
             **{f.name: getattr(request, f.name) for f in fields(VideoRequest)},
             reference=self.appearance is not None and reference_scale is not None,
+            ip_adapter=self.has_ip_adapter,  # (its UNet needs image embeddings; None = weight 0)
             controlnet_frames=controlnet_frames if use_control else None,
             noise_prior=noise_prior,
         )
         scalars.update(
             reference_scale=jnp.float32(reference_scale or 0.0),
             controlnet_scale=jnp.float32(controlnet_scale or 0.0),
+            ip_adapter_scale=jnp.float32(ip_adapter_scale or 0.0),
             noise_prior_strength=jnp.float32(noise_prior_strength),
         )
         batch, _, h, w, _ = request.shape
@@ -171,11 +193,22 @@ class ImageToVideoPipeline(TextToVideoPipeline):
             out["noise"] = self._noise_prior(request, inputs["noise"], reference_latent, scalars)
         copies = 2 if request.use_cfg else 1
         context = inputs["context"]
+        cond_kwargs = None
+        if request.ip_adapter:
+            encoder, _ = self.image_encoder
+            pixels = preprocess_images(inputs["image"], encoder.image_size)
+            embeds = encoder.apply({"params": params["image_encoder"]}, pixels).image_embeds
+            cond_kwargs = {"image_embeds": embeds, "ip_adapter_scale": scalars["ip_adapter_scale"]}
+            # the unconditional half sees a zero image embedding, as in diffusers
+            out["added_cond_kwargs"] = {
+                "image_embeds": jnp.concatenate([jnp.zeros_like(embeds)] * (copies - 1) + [embeds]),
+                "ip_adapter_scale": scalars["ip_adapter_scale"],
+            }
         if request.reference:
             encoder, _ = self.appearance
             cond_context = context[context.shape[0] // copies * (copies - 1) :]
             features = encode_reference(
-                encoder, params["appearance"], reference_latent, cond_context
+                encoder, params["appearance"], reference_latent, cond_context, cond_kwargs
             )
             features = with_reference_scale(features, scalars["reference_scale"])
             out["reference"] = tile_reference(features, copies)

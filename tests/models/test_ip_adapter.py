@@ -63,22 +63,24 @@ def _reference(kind: str, tmp_path, seed: int = 0):
     return ref, module, params
 
 
-def _random_adapter(ref, seed: int = 1) -> dict[str, np.ndarray]:
+def random_adapter(
+    ref, seed: int = 1, cross: int = CROSS, image_dim: int = IMAGE_DIM
+) -> dict[str, np.ndarray]:
     """An IP-Adapter checkpoint for `ref` in the original flat layout: shapes from diffusers'
     own attention processors, numbered 1, 3, 5, … over its cross-attentions."""
     rng = np.random.default_rng(seed)
     state = {
-        "image_proj.proj.weight": rng.standard_normal((4 * CROSS, IMAGE_DIM)) / np.sqrt(IMAGE_DIM),
-        "image_proj.proj.bias": 0.1 * rng.standard_normal(4 * CROSS),
-        "image_proj.norm.weight": 1 + 0.1 * rng.standard_normal(CROSS),
-        "image_proj.norm.bias": 0.1 * rng.standard_normal(CROSS),
+        "image_proj.proj.weight": rng.standard_normal((4 * cross, image_dim)) / np.sqrt(image_dim),
+        "image_proj.proj.bias": 0.1 * rng.standard_normal(4 * cross),
+        "image_proj.norm.weight": 1 + 0.1 * rng.standard_normal(cross),
+        "image_proj.norm.bias": 0.1 * rng.standard_normal(cross),
     }
     names = [n for n in ref.attn_processors if "attn2" in n and "motion_modules" not in n]
     for k, name in enumerate(names):
         attn2 = ref.get_submodule(name.removesuffix(".processor"))
         hidden = attn2.to_k.weight.shape[0]
         for kv in "kv":
-            w = rng.standard_normal((hidden, CROSS)) / np.sqrt(CROSS)
+            w = rng.standard_normal((hidden, cross)) / np.sqrt(cross)
             state[f"ip_adapter.{2 * k + 1}.to_{kv}_ip.weight"] = w
     return {k: np.asarray(v, np.float32) for k, v in state.items()}
 
@@ -126,7 +128,7 @@ def _torch_output(ref, kind, sample, t, text, image_embeds):
 @pytest.mark.parametrize("kind", ["2d", "motion"])
 def test_matches_diffusers(kind, tmp_path):
     ref, module, params = _reference(kind, tmp_path)
-    state = _random_adapter(ref)
+    state = random_adapter(ref)
     save_file(state, tmp_path / "ip-adapter.safetensors")
     sample, t, text, image_embeds = _inputs(kind)
 
@@ -159,7 +161,7 @@ def test_matches_diffusers(kind, tmp_path):
 def test_bin_file_loads_same_params(tmp_path):
     """A `.bin` (torch.save of the nested dicts) gives the same params as `.safetensors`."""
     ref, module, params = _reference("2d", tmp_path)
-    state = _random_adapter(ref)
+    state = random_adapter(ref)
     save_file(state, tmp_path / "ip.safetensors")
     nested = {"image_proj": {}, "ip_adapter": {}}
     for key, value in state.items():
@@ -173,7 +175,7 @@ def test_bin_file_loads_same_params(tmp_path):
 
 def test_mismatched_file_is_named(tmp_path):
     ref, module, params = _reference("2d", tmp_path)
-    state = _random_adapter(ref)
+    state = random_adapter(ref)
     del state["ip_adapter.21.to_v_ip.weight"]  # the mid block's second layer
     state["ip_adapter.3.to_k_ip.weight"] = state["ip_adapter.3.to_k_ip.weight"][:, :-1]
     state["ip_adapter.23.to_k_ip.weight"] = state["ip_adapter.1.to_k_ip.weight"]
@@ -191,7 +193,7 @@ def test_mismatched_file_is_named(tmp_path):
 
 def test_truncated_file_is_named(tmp_path):
     path = tmp_path / "ip.safetensors"
-    save_file(_random_adapter(diffusers.UNet2DConditionModel(**UNET_2D)), path)
+    save_file(random_adapter(diffusers.UNet2DConditionModel(**UNET_2D)), path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointFileError, match=r"ip\.safetensors"):
         load_ip_adapter(path, UNet2DConditionModel.from_config(UNET_2D), {})

@@ -22,7 +22,7 @@ from tests.pipelines.tiny import tiny_animatediff_pipeline  # noqa: E402
 pytestmark = pytest.mark.torch
 
 CALL = dict(num_inference_steps=2, num_frames=3, height=16, width=16, scheduler="ddim")
-OFF = dict(reference_scale=None, controlnet_scale=None, noise_prior="none")
+OFF = dict(reference_scale=None, controlnet_scale=None, ip_adapter_scale=None, noise_prior="none")
 # every conditioning in the program, each at zero weight
 ZERO = dict(reference_scale=0.0, controlnet_scale=0.0, noise_prior="mean_shift",
             noise_prior_strength=0.0)  # fmt: skip
@@ -39,9 +39,14 @@ def _perturbed(params, seed):
 
 
 @pytest.fixture(scope="module")
-def t2v(tmp_path_factory):
+def folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("i2v") / "pipe"
     tiny_animatediff_pipeline(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def t2v(folder):
     return mv2_jax.load_pipeline(folder)
 
 
@@ -51,7 +56,7 @@ def _i2v(t2v, controlnet) -> ImageToVideoPipeline:
     return ImageToVideoPipeline(
         **base,
         appearance=(appearance_encoder(t2v.unet), _perturbed(spatial_params(t2v.unet_params), 1)),
-        controlnet=(controlnet[0], _perturbed(controlnet[1], 2)),
+        controlnet=None if controlnet is None else (controlnet[0], _perturbed(controlnet[1], 2)),
     )
 
 
@@ -148,6 +153,35 @@ def test_image_controlnet_runs_per_frame(t2v):
     first = pipe(_image(), "a cat", latents=latents, **CALL, **{**OFF, "controlnet_scale": 1.0},
                  controlnet_frames="all")  # fmt: skip
     assert np.abs(first - off).max() > 1e-3
+
+
+def test_ip_adapter_on_the_key_image(folder, t2v, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from safetensors.numpy import save_file
+
+    from mv2_jax.weights.ip_adapter import load_ip_adapter
+    from tests.models.test_ip_adapter import random_adapter
+
+    reference_unet = diffusers.UNetMotionModel.from_pretrained(folder / "unet")
+    save_file(random_adapter(reference_unet, cross=32, image_dim=12), tmp_path / "ip.safetensors")
+    unet, params = load_ip_adapter(tmp_path / "ip.safetensors", t2v.unet, t2v.unet_params)
+    config = transformers.CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        image_size=16, patch_size=8, projection_dim=12,
+    )  # fmt: skip
+    transformers.CLIPVisionModelWithProjection(config).save_pretrained(tmp_path / "encoder")
+    pipe = dataclasses.replace(
+        _i2v(t2v, None), unet=unet, unet_params=params, appearance=None,
+        image_encoder=mv2_jax.load_component(tmp_path / "encoder"),
+    )  # fmt: skip
+    latents = _latents(5)
+    off = _i2v(t2v, None)(_image(), "a cat", latents=latents, **CALL, **OFF)
+    zero = pipe(_image(), "a cat", latents=latents, **CALL, **{**OFF, "ip_adapter_scale": 0.0})
+    traces = pipe.trace_count
+    on = pipe(_image(), "a cat", latents=latents, **CALL, **{**OFF, "ip_adapter_scale": 1.0})
+    assert pipe.trace_count == traces
+    np.testing.assert_allclose(zero, off, atol=1e-5)
+    assert np.abs(on - off).max() > 1e-3
 
 
 def test_bad_input_is_named(pipe):
