@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import jax.numpy as jnp
 
+from mv2_jax.models.appearance import appearance_encoder, spatial_params
 from mv2_jax.models.motion import UNetMotionModel
+from mv2_jax.pipelines.i2v import ImageToVideoPipeline
 from mv2_jax.pipelines.t2i import TextToImagePipeline
 from mv2_jax.pipelines.t2v import TextToVideoPipeline
 from mv2_jax.pipelines.text import PromptEncoder, TextEncoder, load_tokenizer
+from mv2_jax.weights.ip_adapter import load_ip_adapter
 from mv2_jax.weights.load import load_component, read_config
 from mv2_jax.weights.motion import load_motion_unet
 
@@ -95,10 +99,80 @@ def _animatediff(folder: Path, index: dict, dtype) -> TextToVideoPipeline:
     return TextToVideoPipeline(unet=unet, unet_params=unet_params, **_shared(folder, index, dtype))
 
 
+def load_i2v_pipeline(
+    path: str | os.PathLike,
+    dtype=jnp.float32,
+    *,
+    controlnet: str | os.PathLike | None = None,
+    ip_adapter: str | os.PathLike | None = None,
+    image_encoder: str | os.PathLike | None = None,
+) -> ImageToVideoPipeline:
+    """An image-to-video pipeline from an AnimateDiff folder (diffusers' AnimateDiffPipeline or
+    AnimateDiffSparseControlNetPipeline) or this project's ImageToVideoPipeline folder.
+
+    Components come from the folder's `appearance_encoder/`, `controlnet/`, `image_encoder/`
+    and `ip_adapter/*.safetensors` where present, or from the arguments (a ControlNet /
+    SparseCtrl component folder, an IP-Adapter file with its CLIP image-encoder folder).
+    Without an `appearance_encoder/`, reference attention uses a copy of the video UNet's own
+    spatial weights (training-free, as "reference-only" does)."""
+    folder = Path(path)
+    index = read_model_index(folder)
+    name = index.get("_class_name")
+    if name not in I2V_PIPELINES:
+        raise NotImplementedError(
+            f"{folder}: a {name}; image → video takes one of {sorted(I2V_PIPELINES)} folders"
+        )
+    video = _animatediff(folder, index, dtype)
+    unet, unet_params = video.unet, video.unet_params
+
+    def part(given, name):
+        found = folder / name
+        return Path(given) if given is not None else found if found.exists() else None
+
+    controlnet_path = part(controlnet, "controlnet")
+    encoder_path = part(image_encoder, "image_encoder")
+    adapter_path = part(ip_adapter, "ip_adapter")
+    if adapter_path is not None and adapter_path.is_dir():
+        files = sorted(adapter_path.glob("*.safetensors")) + sorted(adapter_path.glob("*.bin"))
+        if not files:
+            raise FileNotFoundError(f"{adapter_path}: no IP-Adapter .safetensors / .bin inside")
+        adapter_path = files[0]
+    if adapter_path is not None:
+        if encoder_path is None:
+            raise FileNotFoundError(
+                f"IP-Adapter {adapter_path} needs its CLIP image encoder: pass image_encoder "
+                "(a CLIPVisionModelWithProjection folder) or put one in image_encoder/"
+            )
+        unet, unet_params = load_ip_adapter(adapter_path, unet, unet_params)
+    appearance_path = folder / "appearance_encoder"
+    if appearance_path.exists():
+        appearance = load_component(appearance_path, dtype)
+    else:
+        appearance = (appearance_encoder(unet), spatial_params(unet_params))
+    shared = {f.name: getattr(video, f.name) for f in fields(video) if f.init}
+    shared.update(unet=unet, unet_params=unet_params, trace_count=0, _compiled={})
+    return ImageToVideoPipeline(
+        **shared,
+        appearance=appearance,
+        controlnet=None if controlnet_path is None else load_component(controlnet_path, dtype),
+        image_encoder=None if adapter_path is None else load_component(encoder_path, dtype),
+    )
+
+
+I2V_PIPELINES = (
+    "AnimateDiffPipeline",
+    "AnimateDiffSparseControlNetPipeline",
+    "ImageToVideoPipeline",
+)
+
 PIPELINES = {
     "StableDiffusionPipeline": _stable_diffusion,
     "StableDiffusionXLPipeline": _stable_diffusion,
     "AnimateDiffPipeline": _animatediff,
+    "AnimateDiffSparseControlNetPipeline": lambda folder, _, dtype: load_i2v_pipeline(
+        folder, dtype
+    ),
+    "ImageToVideoPipeline": lambda folder, _, dtype: load_i2v_pipeline(folder, dtype),
 }
 
 

@@ -16,6 +16,7 @@ plus `components()` for extra models whose params are placed on the mesh with th
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -162,7 +163,9 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
         generate = self._compile_cached(request, partial(self._generate, request))
         inputs = place_batch(mesh, inputs)
         scalars = place_replicated(mesh, scalars)
-        with self._progress.bar(num_inference_steps, enabled=request.progress):
+        # Under the mesh, the motion UNet keeps frames split over its `frames` axis.
+        in_mesh = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+        with in_mesh, self._progress.bar(num_inference_steps, enabled=request.progress):
             videos = generate(self._placed_params(mesh), inputs, scalars)
             return np.asarray(videos)  # waits for the last step inside the bar
 
