@@ -57,10 +57,10 @@ def run_help(*args: str) -> str:
 
 def test_help_lists_subcommands_and_the_cascade():
     text = run_help()
-    for command in ("t2i", "i2v", "v2v", "vfi"):
+    for command in ("t2i", "t2v", "i2v", "v2v", "vfi"):
         assert f"    {command} " in text
     assert 'python sample.py "a prompt"' in text and "issue #6" in text
-    assert text.count("not available yet") == 3  # i2v, v2v, vfi
+    assert text.count("not available yet") == 2  # v2v, vfi
 
 
 def test_t2i_help_explains_every_flag():
@@ -167,7 +167,7 @@ def test_argparse_errors_also_exit_2(capsys, no_loading, pipeline_folder):
 def test_cascade_and_coming_stages_exit_2(capsys, no_loading):
     assert sample.main(["a red fox running through snow"]) == 2
     assert "arrives with issue #6" in capsys.readouterr().err
-    for command in ("i2v", "v2v", "vfi"):
+    for command in ("v2v", "vfi"):
         assert sample.main([command, "--anything"]) == 2
         assert "not available yet" in capsys.readouterr().err
 
