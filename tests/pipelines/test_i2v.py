@@ -193,3 +193,40 @@ def test_bad_input_is_named(pipe):
         pipe(np.stack([_image(), _image()]), "a cat", **CALL)
     with pytest.raises(ValueError, match=r"\[H,W,3\]"):
         pipe(np.zeros((4, 4)), "a cat", **CALL)
+
+
+def test_loads_an_image_to_video_folder(folder, tmp_path):
+    """This project's I2V folder: an AnimateDiff folder plus appearance_encoder/ (a spatial
+    UNet2DConditionModel) and controlnet/ (SparseCtrl RGB), `_class_name` ImageToVideoPipeline."""
+    import json
+    import shutil
+
+    from tests.weights.tiny_models import tiny_unet
+
+    i2v_folder = tmp_path / "i2v"
+    shutil.copytree(folder, i2v_folder)
+    spatial = tiny_unet(seed=7)
+    spatial.save_pretrained(i2v_folder / "appearance_encoder")
+    sparse = diffusers.SparseControlNetModel(
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+        cross_attention_dim=32, attention_head_dim=2, layers_per_block=1, norm_num_groups=8,
+        conditioning_channels=4, use_simplified_condition_embedding=True,
+        conditioning_embedding_out_channels=(8, 16), motion_num_attention_heads=2,
+        motion_max_seq_length=8,
+    )  # fmt: skip
+    sparse.save_pretrained(i2v_folder / "controlnet")
+    index = json.loads((i2v_folder / "model_index.json").read_text())
+    index.update(
+        _class_name="ImageToVideoPipeline",
+        appearance_encoder=["diffusers", "UNet2DConditionModel"],
+        controlnet=["diffusers", "SparseControlNetModel"],
+    )
+    (i2v_folder / "model_index.json").write_text(json.dumps(index))
+
+    pipe = mv2_jax.load_pipeline(i2v_folder)
+    assert isinstance(pipe, ImageToVideoPipeline)
+    assert type(pipe.appearance[0]).__name__ == "UNet2DConditionModel"
+    assert type(pipe.controlnet[0]).__name__ == "SparseControlNetModel"
+    video = pipe(_image(), "a cat", **CALL, noise_prior="frequency")
+    assert video.shape == (1, 3, 16, 16, 3) and np.isfinite(video).all()
