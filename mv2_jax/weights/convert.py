@@ -73,6 +73,16 @@ def convert_pipeline_folder(
     src, out = Path(src), Path(out)
     index = json.loads((src / "model_index.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
+    if _image_unet_with_motion_adapter(src, index) and "unet" not in skip:
+        # An AnimateDiff folder with the SD UNet and a motion adapter apart: write the merged
+        # motion UNet, as diffusers' AnimateDiffPipeline holds it (the adapter is inside it).
+        from mv2_jax.weights.motion import load_motion_unet
+
+        _, params, config = load_motion_unet(src / "unet", src / "motion_adapter", dtype)
+        write_component(out / "unet", config, params)
+        log(_summary("unet (+ motion_adapter)", config, params, out / "unet"))
+        index.update(unet=["diffusers", "UNetMotionModel"], motion_adapter=[None, None])
+        skip = (*skip, "unet")
     for name, entry in index.items():
         if name.startswith("_") or not isinstance(entry, list) or entry[0] is None:
             continue
@@ -96,6 +106,17 @@ def convert_pipeline_folder(
             log(f"{name}: copied ({entry[1]})")
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return out
+
+
+def _image_unet_with_motion_adapter(src: Path, index: Mapping) -> bool:
+    adapter = index.get("motion_adapter") or [None]
+    unet = src / "unet" / "config.json"
+    return (
+        adapter[0] is not None
+        and (src / "motion_adapter").is_dir()
+        and unet.is_file()
+        and read_config(src / "unet").get("_class_name") == "UNet2DConditionModel"
+    )
 
 
 def convert_single_file(

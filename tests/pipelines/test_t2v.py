@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 import mv2_jax  # noqa: E402
+from mv2_jax.weights.convert import convert_pipeline_folder  # noqa: E402
 from tests.pipelines.tiny import tiny_animatediff_pipeline  # noqa: E402
 from tests.weights.tiny_models import tiny_unet  # noqa: E402
 
@@ -93,6 +94,11 @@ def test_unet2d_plus_motion_adapter_folder(folder, pipe, tmp_path):
     merged = mv2_jax.load_pipeline(other)
     assert merged.unet == pipe.unet
     jax.tree.map(np.testing.assert_array_equal, merged.unet_params, pipe.unet_params)
+    # converting it writes the merged motion UNet (the adapter lives inside it)
+    convert_pipeline_folder(other, tmp_path / "converted", log=lambda _: None)
+    converted = mv2_jax.load_pipeline(tmp_path / "converted")
+    assert converted.unet == pipe.unet
+    jax.tree.map(np.testing.assert_array_equal, converted.unet_params, pipe.unet_params)
 
     shutil.rmtree(other / "motion_adapter")
     with pytest.raises(FileNotFoundError, match="no motion_adapter folder"):
