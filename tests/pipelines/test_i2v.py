@@ -230,3 +230,15 @@ def test_loads_an_image_to_video_folder(folder, tmp_path):
     assert type(pipe.controlnet[0]).__name__ == "SparseControlNetModel"
     video = pipe(_image(), "a cat", **CALL, noise_prior="frequency")
     assert video.shape == (1, 3, 16, 16, 3) and np.isfinite(video).all()
+
+
+def test_frames_split_over_a_mesh_match_one_device(pipe):
+    """Two videos × 4 frames on a data 2 × frames 4 mesh of the 8 simulated devices: every
+    conditioning on, the same videos as without a mesh."""
+    from mv2_jax.parallel import make_mesh
+
+    call = dict(CALL, num_frames=4, noise_prior="frequency", seed=3)
+    images = np.stack([_image(1), _image(2)])
+    expected = pipe(images, ["a cat", "a dog"], **call)
+    out = pipe(images, ["a cat", "a dog"], **call, mesh=make_mesh("data:2,frames:4"))
+    np.testing.assert_allclose(out, expected, atol=1e-4)
