@@ -34,7 +34,6 @@ from mv2_jax.models.appearance import (
 )
 from mv2_jax.models.clip_vision import preprocess_images
 from mv2_jax.models.controlnet import SparseControlNetModel
-from mv2_jax.pipelines.base import as_list
 from mv2_jax.pipelines.t2v import TextToVideoPipeline, VideoRequest
 
 NOISE_PRIORS = ("none", "mean_shift", "frequency")
@@ -133,18 +132,14 @@ class ImageToVideoPipeline(TextToVideoPipeline):
             )
         if not 0.0 <= noise_prior_strength <= 1.0:
             raise ValueError(f"noise_prior_strength must be in [0, 1], got {noise_prior_strength}")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if num_frames is None:
             num_frames = min(PAPER_FRAMES, getattr(self.unet, "motion_max_seq_length", 32))
-        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
-        use_cfg = guidance_scale > 1.0
-        context, _ = self._prompt_context(
-            prompts, as_list(negative_prompt, len(prompts)), num_videos_per_prompt, use_cfg
-        )
-        request, scalars = self.prepare(
-            context.shape[0] // (2 if use_cfg else 1),
+        context, request, scalars = self.start(
+            prompt,
+            negative_prompt,
+            num_videos_per_prompt,
+            guidance_scale,
             num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
             scheduler=scheduler,
             height=height,
             width=width,
@@ -171,11 +166,12 @@ class ImageToVideoPipeline(TextToVideoPipeline):
         )
         batch, _, h, w, _ = request.shape
         factor = self.vae_scale_factor
-        images = fit_images(image, len(prompts), h * factor, w * factor)
+        prompts = 1 if isinstance(prompt, str) else len(prompt)
+        images = fit_images(image, prompts, h * factor, w * factor)
         inputs = {
             "context": context,
             "noise": self.noise(request, seed, latents),
-            "image": jnp.asarray(np.repeat(images, batch // len(prompts), axis=0)),
+            "image": jnp.asarray(np.repeat(images, batch // prompts, axis=0)),
         }
         return self.run(request, inputs, scalars, num_inference_steps, mesh)
 

@@ -76,16 +76,12 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
         channels-last unit Gaussian noise `[B, F, h, w, C]` (scaled here by the scheduler's
         initial sigma, as diffusers does). The VAE decodes `decode_chunk_size` frames at a time,
         so long videos need memory for one chunk of full-size frames only."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
-        use_cfg = guidance_scale > 1.0
-        context, _ = self._prompt_context(
-            prompts, as_list(negative_prompt, len(prompts)), num_videos_per_prompt, use_cfg
-        )
-        request, scalars = self.prepare(
-            context.shape[0] // (2 if use_cfg else 1),
+        context, request, scalars = self.start(
+            prompt,
+            negative_prompt,
+            num_videos_per_prompt,
+            guidance_scale,
             num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
             scheduler=scheduler,
             height=height,
             width=width,
@@ -100,6 +96,22 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
         return self.run(request, inputs, scalars, num_inference_steps, mesh)
 
     # ------------------------------------------------------------------ host side
+
+    def start(
+        self, prompt, negative_prompt, num_videos_per_prompt: int, guidance_scale, **settings
+    ) -> tuple[jax.Array, VideoRequest, dict]:
+        """`(context, request, scalars)` of a call: the prompts' embeddings, each prompt
+        `num_videos_per_prompt` times (the unconditional half first under guidance), and
+        `prepare`'s checked `settings`."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        use_cfg = guidance_scale > 1.0
+        context, _ = self._prompt_context(
+            prompts, as_list(negative_prompt, len(prompts)), num_videos_per_prompt, use_cfg
+        )
+        batch = context.shape[0] // (2 if use_cfg else 1)
+        request, scalars = self.prepare(batch, guidance_scale=guidance_scale, **settings)
+        return context, request, scalars
 
     def prepare(
         self,
