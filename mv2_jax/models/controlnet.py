@@ -264,6 +264,11 @@ class SparseControlNetModel(_ControlOutputs, UNetMotionModel):
             _check_condition("conditioning_mask [B,F,H,W,1]", mask, (*size, 1))
             controlnet_cond = jnp.concatenate([controlnet_cond, mask], axis=-1)
 
+        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[0] != batch:
+            raise ValueError(
+                f"encoder_hidden_states: expected [B,L,D] with B={batch} (shared by all frames), "
+                f"got shape {tuple(encoder_hidden_states.shape)}"
+            )
         emb, context = self._embed(sample[:, 0], timesteps, encoder_hidden_states, None, None, None)
         emb = jnp.repeat(emb, frames, axis=0)
         context = jnp.repeat(context, frames, axis=0)
