@@ -12,7 +12,7 @@ from mv2_jax.parallel.rules import DEFAULT_RULES
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.stage = ""  # which stage's model and loss: "t2i" (more as their issues land)
+    c.stage = ""  # which stage's model and loss: "t2i" or "i2v" (more as their issues land)
     c.seed = 0  # params init, noise, timesteps, caption dropout, data order
 
     # ---- run length and bookkeeping
@@ -35,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.adam_eps = 1e-8
     c.grad_clip_norm = 1.0  # global norm; ≤ 0 turns clipping off
     c.ema_decay = 0.9999  # EMA of the trainable params, updated every step
-    c.trainable = ("*",)  # globs over "/"-joined param names, e.g. ("*motion_modules*",)
+    c.trainable = ("*",)  # globs over "/"-joined param names, e.g. ("unet/*motion_modules_*",)
 
     # ---- precision, memory, parallelism
     c.param_dtype = "float32"  # master weights and optimizer state
@@ -49,6 +49,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.pipeline = ""  # a diffusers-format or converted pipeline folder to start from
     c.model.init = {}  # else: component configs for a random init (see configs/t2i.py:tiny)
+    # i2v: a MotionAdapter folder (AnimateDiff) whose motion modules join the pipeline's SD UNet;
+    # "": the pipeline's unet is a UNetMotionModel, or it has a motion_adapter/ folder
+    c.model.motion_adapter = ""
+
+    # ---- image-to-video conditioning on the clip's first frame (stage "i2v"; docs/training.md)
+    c.i2v = ml_collections.ConfigDict()
+    c.i2v.appearance_encoder = False  # reference attention; params "appearance/…" start as the
+    # UNet's spatial weights
+    c.i2v.controlnet = False  # SparseCtrl RGB ControlNet fed frame 0's latent; params
+    # "controlnet/…" start from the UNet's encoder (zero output convs)
+    c.i2v.controlnet_from = ""  # a SparseControlNetModel folder to start from instead
 
     # ---- diffusion loss
     c.diffusion = ml_collections.ConfigDict()

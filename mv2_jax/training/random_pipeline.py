@@ -58,10 +58,14 @@ def _random_component(config: Mapping[str, Any], seed: int, out: Path) -> None:
 def write_random_pipeline(model: Mapping[str, Any], folder: Path, seed: int) -> Path:
     """A `StableDiffusionPipeline`-layout folder from the `model` config section: `unet`, `vae`,
     `text_encoder` (configs with `_class_name` / `architectures`) and `scheduler`
-    (a `scheduler_config.json` dict), random weights from `seed`, and a character tokenizer."""
+    (a `scheduler_config.json` dict), random weights from `seed`, and a character tokenizer.
+    With a `UNetMotionModel` unet it is an `AnimateDiffPipeline` (same layout)."""
     folder = Path(folder)
     components = {"unet": 0, "vae": 1, "text_encoder": 2}
-    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1"}
+    # a motion UNet makes it an AnimateDiff pipeline (the I2V stage's init)
+    video = model["unet"].get("_class_name") == "UNetMotionModel"
+    pipeline_class = "AnimateDiffPipeline" if video else "StableDiffusionPipeline"
+    index = {"_class_name": pipeline_class, "_diffusers_version": "0.42.1"}
     for name, offset in components.items():
         config = dict(model[name])
         _random_component(config, seed + offset, folder / name)

@@ -15,8 +15,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from mv2_jax.parallel.mesh import make_mesh
-from mv2_jax.parallel.sharding import batch_sharding, module_shardings_for
+from mv2_jax.parallel.sharding import batch_sharding
 from mv2_jax.training import checkpoint
+from mv2_jax.training.i2v import ImageToVideoStage
 from mv2_jax.training.metrics import MetricsWriter, step_flops
 from mv2_jax.training.optim import learning_rate_schedule, make_optimizer, trainable_paths
 from mv2_jax.training.random_pipeline import write_random_pipeline
@@ -26,7 +27,7 @@ from mv2_jax.training.t2i import TextToImageStage
 
 log = logging.getLogger(__name__)
 
-STAGES = {"t2i": TextToImageStage}
+STAGES = {"t2i": TextToImageStage, "i2v": ImageToVideoStage}
 
 
 def check_config(config) -> None:
@@ -120,13 +121,13 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
     mesh = make_mesh(config.mesh)
     rules = tuple(tuple(rule) for rule in config.sharding_rules)
     stage = STAGES[config.stage].from_config(config, model_folder(config, workdir), mesh)
-    param_shardings = module_shardings_for(stage.denoiser, mesh, rules)
+    param_shardings = stage.param_shardings(mesh, rules)
     abstract_params = jax.tree.map(
         lambda s, sharding: jax.ShapeDtypeStruct(s.shape, stage.param_dtype, sharding=sharding),
-        _param_shapes(stage.denoiser),
+        stage.param_shapes(),
         param_shardings,
     )
-    paths = trainable_paths(abstract_params, config.trainable)
+    paths = trainable_paths(abstract_params, stage.trainable_patterns(config.trainable))
     optimizer = make_optimizer(config)
     replicated = NamedSharding(mesh, PartitionSpec())
     consts = jax.device_put(stage.consts, replicated)
@@ -201,12 +202,6 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
     manager.close()
     writer.close()
     return state
-
-
-def _param_shapes(module):
-    from mv2_jax.weights.registry import family_of, param_shapes
-
-    return param_shapes(module, family_of(module))
 
 
 def _skipped(iterator) -> dict:

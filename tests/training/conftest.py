@@ -67,6 +67,11 @@ def tiny_config(pipeline, image_data=None, **overrides):
     if image_data is not None:
         config.data.image_dir = str(image_data)
     config.log_every = 5
+    return with_overrides(config, overrides)
+
+
+def with_overrides(config, overrides: dict):
+    """`config` with `overrides` ("a.b": value) set, locked as train.py locks it."""
     for key, value in overrides.items():
         *parents, leaf = key.split(".")
         node = config

@@ -1,0 +1,239 @@
+"""What every latent-diffusion stage of the trainer shares: the frozen VAE and text encoders of a
+pipeline folder, tokenising on the host, caption dropout, and the denoising loss. A stage
+(`t2i.py`, `i2v.py`) adds the model that trains and how it predicts.
+
+The generic trainer (`mv2_jax.training.trainer`) asks a stage for `param_shapes()`,
+`param_shardings(mesh, rules)`, `load_params(shardings)` (the params that train, frozen parts
+included), `trainable_patterns(globs)`, `consts` (frozen arrays the loss reads), `prepare(batch)`
+(the data pipeline's numpy batch → arrays) and `loss(params, consts, batch, keys)`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from mv2_jax.diffusion.schedulers import make_scheduler
+from mv2_jax.parallel.sharding import module_shardings_for
+from mv2_jax.pipelines.loading import read_model_index
+from mv2_jax.pipelines.text import load_tokenizer, prompt_embeddings
+from mv2_jax.training import losses
+from mv2_jax.weights.load import load_component
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_of(name: str):
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def key_streams(keys: jax.Array, count: int) -> tuple[jax.Array, ...]:
+    """`count` independent keys `[B]` per example key (`fold_in(key, i)`, i < count)."""
+    return tuple(jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys) for i in range(count))
+
+
+def module_param_shapes(module) -> dict:
+    """The param tree of a component model as `jax.ShapeDtypeStruct`s (nothing computed)."""
+    from mv2_jax.weights.registry import family_of, param_shapes
+
+    return param_shapes(module, family_of(module))
+
+
+@dataclass
+class LatentDiffusionStage:
+    param_dtype: Any
+    vae: Any
+    text_encoders: tuple
+    tokenizers: tuple
+    consts: dict  # vae / text params, ᾱ, the empty prompt's token ids and embeddings
+    prediction_type: str
+    diffusion: Any  # the config's `diffusion` section
+    sdxl: bool
+
+    @classmethod
+    def from_pipeline(cls, config, pipeline: Path, mesh, **fields):
+        """The stage with the frozen encoders of the `pipeline` folder (replicated over `mesh`:
+        every process holds them whole) and the subclass's own `fields`."""
+        index = read_model_index(pipeline)
+        sdxl = bool(index.get("text_encoder_2") and index["text_encoder_2"][0])
+        suffixes = ("", "_2") if sdxl else ("",)
+        tokenizers = tuple(load_tokenizer(pipeline / f"tokenizer{s}") for s in suffixes)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        encoders = [
+            load_component(pipeline / f"text_encoder{s}", shardings=replicated) for s in suffixes
+        ]
+        vae, vae_params = load_component(pipeline / "vae", shardings=replicated)
+        scheduler = make_scheduler(
+            json.loads((pipeline / "scheduler" / "scheduler_config.json").read_text()), "ddpm"
+        )
+        prediction_type = config.diffusion.prediction_type or scheduler.config["prediction_type"]
+        if prediction_type not in losses.PREDICTION_TYPES:
+            raise ValueError(
+                f"diffusion.prediction_type={prediction_type!r}; "
+                f"choose one of {losses.PREDICTION_TYPES} (or '' for the scheduler's)"
+            )
+        stage = cls(
+            param_dtype=dtype_of(config.param_dtype),
+            vae=vae,
+            text_encoders=tuple(module for module, _ in encoders),
+            tokenizers=tokenizers,
+            consts={},
+            prediction_type=prediction_type,
+            diffusion=config.diffusion,
+            sdxl=sdxl,
+            **fields,
+        )
+        stage.consts = {
+            "vae": vae_params,
+            "text": tuple(params for _, params in encoders),
+            "alphas_cumprod": jnp.asarray(scheduler.train_alphas_cumprod()),
+            "empty_ids": jnp.asarray(stage.token_ids([""])[0]),
+        }
+        # The empty prompt's embeddings, for caption dropout on precomputed embeddings: once
+        # here rather than a text-encoder pass in every step.
+        empty_context, empty_pooled = stage.encode_text(
+            stage.consts["text"], stage.consts["empty_ids"][None]
+        )
+        stage.consts["empty_context"] = empty_context
+        if empty_pooled is not None:
+            stage.consts["empty_pooled"] = empty_pooled
+        return stage
+
+    # ---- the params that train (a single denoiser here; stages with more override these)
+
+    def param_shapes(self) -> dict:
+        return module_param_shapes(self.denoiser)
+
+    def param_shardings(self, mesh, rules) -> dict:
+        return module_shardings_for(self.denoiser, mesh, rules)
+
+    def trainable_patterns(self, patterns) -> tuple[str, ...]:
+        """The `config.trainable` globs this stage uses."""
+        return tuple(patterns)
+
+    # ---- host side
+
+    def token_ids(self, captions) -> np.ndarray:
+        """`[B, n_encoders, L]` int32 token ids of the captions, for every text encoder."""
+        ids = []
+        for tokenizer in self.tokenizers:
+            tokens = tokenizer(
+                [str(c) for c in captions],
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="np",
+            )
+            ids.append(np.asarray(tokens["input_ids"], np.int32))
+        return np.stack(ids, axis=1)
+
+    def prepare_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """The data pipeline's `[B,F,H,W,3]` pixels → what this stage's loss takes."""
+        return pixels
+
+    def prepare(self, batch: dict) -> dict:
+        """The data pipeline's batch → arrays: `pixels` (see `prepare_pixels`) and token ids, or
+        the precomputed `latents` / `context` (and `pooled`) as they are."""
+        out = {}
+        if "pixels" in batch:
+            out["pixels"] = self.prepare_pixels(np.asarray(batch["pixels"], np.float32))
+        for key in ("latents", "context", "pooled"):
+            if key in batch:
+                out[key] = np.asarray(batch[key], np.float32)
+        if "context" not in out:
+            out["input_ids"] = self.token_ids(batch["caption"])
+        if "position" in batch:  # names each example's noise (mv2_jax.training.step)
+            out["position"] = np.asarray(batch["position"], np.int64).astype(np.uint32)
+        return out
+
+    # ---- device side (inside the jitted step)
+
+    def encode_text(self, text_params, ids):
+        """Token ids `[B, n_encoders, L]` → (context `[B,L,D]`, pooled `[B,P]` or None)."""
+        outputs = [
+            module.apply({"params": p}, ids[:, i], output_hidden_states=True)
+            for i, (module, p) in enumerate(zip(self.text_encoders, text_params))
+        ]
+        return prompt_embeddings(outputs)
+
+    def encode_pixels(self, vae_params, pixels, keys):
+        """Pixels `[B,H,W,3]` or `[B,F,H,W,3]` in [-1, 1] → a sample of q(z|x) per example key
+        (all of a clip's frames from its key), scaled: `[B,h,w,c]` or `[B,F,h,w,c]`."""
+        lead = pixels.shape[: pixels.ndim - 3]
+        folded = pixels.reshape(-1, *pixels.shape[-3:])
+        posterior = self.vae.apply({"params": vae_params}, folded, method="encode")
+        mean = posterior.mean.reshape(*lead, *posterior.mean.shape[1:])
+        std = posterior.std.reshape(mean.shape)
+        noise = jax.vmap(lambda k: jax.random.normal(k, mean.shape[1:], jnp.float32))(keys)
+        return self.vae.to_diffusion_latents(mean + std * noise)
+
+    def encode_for_precompute(self, consts, batch) -> dict:
+        """What `mv2_jax.data.precompute` stores per example: the posterior mean's latents
+        `[B,F,h,w,c]` (deterministic; F = 1 for images) and the caption embeddings."""
+        pixels = batch["pixels"]
+        clips = pixels if pixels.ndim == 5 else pixels[:, None]
+        folded = clips.reshape(-1, *clips.shape[2:])
+        posterior = self.vae.apply({"params": consts["vae"]}, folded, method="encode")
+        latents = self.vae.to_diffusion_latents(posterior.mean)
+        context, pooled = self.encode_text(consts["text"], batch["input_ids"])
+        out = {"latents": latents.reshape(*clips.shape[:2], *latents.shape[1:]), "context": context}
+        if pooled is not None:
+            out["pooled"] = pooled
+        return out
+
+    def clean_latents(self, consts, batch, keys) -> jax.Array:
+        """The batch's precomputed latents, else its pixels through the VAE."""
+        if "latents" in batch:
+            return batch["latents"]
+        return self.encode_pixels(consts["vae"], batch["pixels"], keys)
+
+    def text_context(self, consts, batch, keys) -> tuple[jax.Array, jax.Array | None]:
+        """(context `[B,L,D]`, pooled or None) of the captions, each replaced by the empty
+        prompt with probability `diffusion.caption_dropout` (for classifier-free guidance)."""
+        drop = jax.vmap(lambda k: jax.random.bernoulli(k, self.diffusion.caption_dropout))(keys)
+        if "context" in batch:
+            context = jnp.where(drop[:, None, None], consts["empty_context"], batch["context"])
+            pooled = batch.get("pooled")
+            if pooled is not None:
+                pooled = jnp.where(drop[:, None], consts["empty_pooled"], pooled)
+            return context, pooled
+        ids = jnp.where(drop[:, None, None], consts["empty_ids"][None], batch["input_ids"])
+        return self.encode_text(consts["text"], ids)
+
+    def denoising_loss(
+        self,
+        consts,
+        latents: jax.Array,
+        time_keys: jax.Array,
+        noise_keys: jax.Array,
+        predict: Callable[[jax.Array, jax.Array], jax.Array],
+    ) -> tuple[jax.Array, dict]:
+        """Min-SNR-weighted MSE of `predict(noisy, timesteps)` to the configured target, the
+        clean `latents` (`[B, ...]`) noised at one random timestep per example."""
+        d = self.diffusion
+        alphas_cumprod = consts["alphas_cumprod"]
+        timesteps = losses.per_example_timesteps(time_keys, alphas_cumprod.shape[0])
+        noise = losses.per_example_noise(noise_keys, latents.shape[1:], d.offset_noise)
+        noisy, target = losses.noisy_and_target(
+            latents, noise, timesteps, alphas_cumprod, self.prediction_type
+        )
+        prediction = predict(noisy, timesteps)
+        weights = losses.min_snr_weights(
+            alphas_cumprod, timesteps, d.min_snr_gamma, self.prediction_type
+        )
+        loss = losses.weighted_mse(prediction, target, weights)
+        return loss, {"loss": loss}
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.block_out_channels) - 1)
