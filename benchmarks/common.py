@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import re
-import resource
 import statistics
 import tempfile
 import time
@@ -42,15 +41,21 @@ def median(xs: list[float]) -> float:
 
 
 def peak_rss_gb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """Peak resident memory of this process so far (VmHWM). Not `getrusage`'s maxrss: a child
+    started with vfork + exec inherits its parent's, so a worker would report at least its
+    parent's peak."""
+    return _status_gb("VmHWM:")
 
 
 def rss_gb() -> float:
     """Resident memory of this process now."""
+    return _status_gb("VmRSS:")
+
+
+def _status_gb(key: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 2**20
+        if line.startswith(key):
+            return int(line.split()[1]) / 2**20  # KiB
     return float("nan")
 
 

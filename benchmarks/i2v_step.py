@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE, machine, median, table, timed
+from common import CACHE, machine, median, peak_rss_gb, table, timed
 
 FOLDER = CACHE / "i2v_motion_unet"
 IP_ADAPTER = CACHE / "i2v_ip_adapter.safetensors"
@@ -85,16 +85,6 @@ def inputs(size: int, frames: int) -> dict[str, np.ndarray]:
         reference=rng.standard_normal((1, h, h, 4), np.float32),
         image_embeds=rng.standard_normal((1, IMAGE_DIM), np.float32),
     )
-
-
-def peak_rss_gb() -> float:
-    """This process's peak resident memory (VmHWM). Not `getrusage`'s maxrss: a child started
-    with vfork + exec inherits its parent's maxrss, so every worker would report at least the
-    parent's peak (here the 10 GB of `prepare`)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20
-    return float("nan")
 
 
 def _busy_seconds() -> tuple[float, float]:
