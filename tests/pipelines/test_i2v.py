@@ -143,16 +143,25 @@ def test_noise_priors_follow_their_formulas(pipe):
 
 
 def test_image_controlnet_runs_per_frame(t2v):
+    """An SD ControlNet sees the key image frame by frame; frames without it get no residual."""
     # its condition embedding downsamples 2× (one stride-2 step), as this tiny VAE does
     controlnet = controlnet_from_unet(
         t2v.unet, t2v.unet_params, conditioning_embedding_out_channels=(8, 16)
     )
     pipe = _i2v(t2v, controlnet)
-    latents = _latents(4)
-    off = pipe(_image(), "a cat", latents=latents, **CALL, **OFF)
-    first = pipe(_image(), "a cat", latents=latents, **CALL, **{**OFF, "controlnet_scale": 1.0},
-                 controlnet_frames="all")  # fmt: skip
-    assert np.abs(first - off).max() > 1e-3
+    request, _ = _request(pipe, controlnet_frames="first")
+    image = jnp.asarray(_image()[None, :16, :16])
+    cond, mask = pipe._control_condition(request, None, image)
+    inputs = {"context": jnp.ones((1, 7, 32)), "control_cond": cond, "control_mask": mask}
+    inputs["controlnet_scale"] = jnp.float32(1.0)
+    x = jnp.asarray(_latents(4))
+    residuals = pipe._control_residuals(pipe.controlnet[1], inputs, x, jnp.array([500.0]))
+    for r in (
+        *residuals["down_block_additional_residuals"],
+        residuals["mid_block_additional_residual"],
+    ):
+        per_frame = np.abs(np.asarray(r)).reshape(3, -1).max(axis=1)  # [B·F, ...], B = 1
+        assert per_frame[0] > 0 and (per_frame[1:] == 0).all()
 
 
 def test_ip_adapter_on_the_key_image(folder, t2v, tmp_path):
@@ -175,7 +184,7 @@ def test_ip_adapter_on_the_key_image(folder, t2v, tmp_path):
         image_encoder=mv2_jax.load_component(tmp_path / "encoder"),
     )  # fmt: skip
     latents = _latents(5)
-    off = _i2v(t2v, None)(_image(), "a cat", latents=latents, **CALL, **OFF)
+    off = t2v("a cat", latents=latents, **CALL)  # = the I2V pipeline with nothing on
     zero = pipe(_image(), "a cat", latents=latents, **CALL, **{**OFF, "ip_adapter_scale": 0.0})
     traces = pipe.trace_count
     on = pipe(_image(), "a cat", latents=latents, **CALL, **{**OFF, "ip_adapter_scale": 1.0})
