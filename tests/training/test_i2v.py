@@ -143,3 +143,29 @@ def test_bad_setups_name_the_key(i2v_pipeline, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"model\.motion_adapter"):
         config = i2v_config(image_pipeline, **{"model.motion_adapter": str(tmp_path / "none")})
         ImageToVideoStage.from_config(config, image_pipeline, mesh)
+
+
+@pytest.mark.slow
+def test_export_makes_an_image_to_video_folder(trained, tmp_path):
+    """The run exported as a pipeline folder: load_pipeline gives an ImageToVideoPipeline with
+    the run's EMA weights in every component, and it turns a key image into frames."""
+    from mv2_jax import load_pipeline
+    from mv2_jax.pipelines.i2v import ImageToVideoPipeline
+    from mv2_jax.training.export import export_pipeline, main
+
+    workdir, _, _ = trained
+    out = export_pipeline(workdir, tmp_path / "exported")
+    pipe = load_pipeline(out)
+    assert isinstance(pipe, ImageToVideoPipeline)
+    expected = restore_params(workdir, ema=True)
+    loaded = {
+        "unet": pipe.unet_params,
+        "appearance": pipe.appearance[1],
+        "controlnet": pipe.controlnet[1],
+    }
+    for name, params in expected.items():
+        jax.tree.map(np.testing.assert_array_equal, loaded[name], params)
+    image = np.random.default_rng(0).uniform(0, 1, (32, 32, 3))
+    video = pipe(image, "a red ball", num_inference_steps=2, num_frames=4, height=32, width=32)
+    assert video.shape == (1, 4, 32, 32, 3) and np.isfinite(video).all()
+    assert main(["--workdir", str(workdir), "--out", str(out)]) == 1  # exists: refused

@@ -1,0 +1,142 @@
+"""A training run → a pipeline folder that `mv2_jax.load_pipeline` and `sample.py` read.
+
+    python -m mv2_jax.training.export --workdir runs/i2v --out models/i2v [--step N] [--no-ema]
+
+The folder is the run's starting pipeline (VAE, text encoder, tokenizer, scheduler copied as
+they are) with the trained components written in orbax form beside their `config.json`:
+- t2i: `unet/` (a StableDiffusionPipeline folder);
+- i2v: `unet/` (the motion UNet), `appearance_encoder/` (a spatial UNet2DConditionModel) and
+  `controlnet/` (SparseCtrl RGB) when the run trained them, `_class_name` ImageToVideoPipeline.
+The EMA weights are exported unless `ema=False`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+
+from mv2_jax.training.checkpoint import restore_params
+from mv2_jax.weights.convert import write_component
+from mv2_jax.weights.load import read_config
+
+# Module fields that say how to run a model, not what it is: never part of a config.json.
+_RUNTIME_FIELDS = (
+    "parent", "name", "dtype", "param_dtype", "remat_policy", "attention_implementation",
+    "skip_motion_for_images",
+)  # fmt: skip
+
+
+def module_config(module) -> dict[str, Any]:
+    """The `config.json` dict that builds `module` again (`load_component` reads it): its
+    class name and every field that defines the model."""
+    config = {"_class_name": type(module).__name__}
+    for field in dataclasses.fields(module):
+        if field.init and field.name not in _RUNTIME_FIELDS:
+            value = getattr(module, field.name)
+            config[field.name] = list(value) if isinstance(value, tuple) else value
+    return config
+
+
+def spatial_unet_config(motion_config: dict[str, Any]) -> dict[str, Any]:
+    """The `UNet2DConditionModel` config of a motion UNet's spatial layers (whose params are
+    `mv2_jax.models.appearance.spatial_params` of the motion UNet's)."""
+    from mv2_jax.models.unet import UNet2DConditionModel
+
+    fields = {f.name for f in dataclasses.fields(UNet2DConditionModel)} - set(_RUNTIME_FIELDS)
+    config = {k: v for k, v in motion_config.items() if k in fields}
+    for key in ("down_block_types", "up_block_types"):
+        config[key] = [t.replace("Motion", "2D") for t in motion_config[key]]
+    return {"_class_name": "UNet2DConditionModel", **config}
+
+
+def export_pipeline(
+    workdir: str | Path, out: str | Path, step: int | None = None, ema: bool = True
+) -> Path:
+    """Write the run in `workdir` (its latest checkpoint unless `step`) as a pipeline folder
+    at `out` (which must not exist); returns `out`."""
+    workdir, out = Path(workdir), Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out}: already exists; export into a new folder")
+    config_path = workdir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: missing; is {workdir} a train.py workdir?")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    pipeline = Path(config.model.pipeline) if config.model.pipeline else workdir / "init_pipeline"
+    params = restore_params(workdir, step, ema)
+    if config.stage == "t2i":
+        components = {"unet": (read_config(pipeline / "unet"), params)}
+        index_class = None
+    elif config.stage == "i2v":
+        components = _i2v_components(config, pipeline, params)
+        index_class = "ImageToVideoPipeline"
+    else:
+        raise NotImplementedError(f"exporting a {config.stage!r} run; supported: t2i, i2v")
+
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    index = json.loads((pipeline / "model_index.json").read_text())
+    for name, entry in index.items():
+        if isinstance(entry, list) and entry[0] and name not in components:
+            if name == "motion_adapter":  # merged into the exported motion UNet
+                index[name] = [None, None]
+            elif (pipeline / name).is_dir():
+                shutil.copytree(pipeline / name, partial / name)
+    for name, (component_config, component_params) in components.items():
+        write_component(partial / name, component_config, component_params)
+        index[name] = ["diffusers", component_config["_class_name"]]
+    if index_class:
+        index["_class_name"] = index_class
+    (partial / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    partial.rename(out)  # all or nothing: a crash leaves only the .partial folder
+    return out
+
+
+def _i2v_components(config, pipeline: Path, params: dict) -> dict:
+    from mv2_jax.training.i2v import _motion_unet_source, _sparse_controlnet
+    from mv2_jax.weights.motion import MOTION, motion_config_from_unet2d
+
+    unet_folder, adapter = _motion_unet_source(config, pipeline)
+    unet_config = read_config(unet_folder)
+    if adapter is not None:
+        unet_config = motion_config_from_unet2d(unet_config, read_config(adapter))
+    components = {"unet": (unet_config, params["unet"])}
+    if "appearance" in params:
+        components["appearance_encoder"] = (spatial_unet_config(unet_config), params["appearance"])
+    if "controlnet" in params:
+        folder = Path(config.i2v.controlnet_from) if config.i2v.controlnet_from else None
+        controlnet = _sparse_controlnet(MOTION.build(unet_config, jnp.float32), folder)
+        components["controlnet"] = (module_config(controlnet), params["controlnet"])
+    return components
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mv2_jax.training.export",
+        description="Write a train.py run as a pipeline folder for load_pipeline / sample.py.",
+    )
+    parser.add_argument("--workdir", required=True, help="the train.py --workdir of the run")
+    parser.add_argument("--out", required=True, help="the new pipeline folder (must not exist)")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    parser.add_argument(
+        "--no-ema", action="store_true", help="the trained weights instead of their EMA"
+    )
+    args = parser.parse_args(argv)
+    try:
+        out = export_pipeline(args.workdir, args.out, args.step, ema=not args.no_ema)
+    except (OSError, ValueError, NotImplementedError) as e:
+        print(f"export: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
