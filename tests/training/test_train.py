@@ -52,6 +52,17 @@ def test_checkpoints_and_tensorboard(trained):
         restore_params(workdir, step=7)
 
 
+def test_export_writes_a_pipeline_folder(trained, tmp_path):
+    from mv2_jax import load_pipeline
+    from mv2_jax.training.export import export_pipeline
+
+    workdir, _, _ = trained
+    pipe = load_pipeline(export_pipeline(workdir, tmp_path / "sd", step=10, ema=False))
+    assert type(pipe).__name__ == "TextToImagePipeline"
+    expected = restore_params(workdir, step=10)
+    jax.tree.map(np.testing.assert_array_equal, pipe.unet_params, expected)
+
+
 def test_a_finished_run_resumes_to_its_last_step(trained):
     workdir, config, state = trained
     again = train(config, workdir)
