@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 import mv2_jax
+from mv2_jax.diffusion.schedulers import SCHEDULERS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "sample.py"
 FLAGS = (
@@ -67,7 +68,7 @@ def test_t2i_help_explains_every_flag():
     text = run_help("t2i")
     for flag in FLAGS:
         assert flag in text
-    for name in sample.SCHEDULERS:
+    for name in SCHEDULERS:
         assert name in text
     assert "multiple of 8" in text and "data:2,fsdp:4" in text
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import mv2_jax
+from mv2_jax.diffusion.schedulers import SCHEDULERS
 from mv2_jax.media import read_video
 from tests.test_sample_cli import error_of, no_loading, run_help, sample  # noqa: F401
 
@@ -38,7 +39,7 @@ def test_t2v_help_explains_every_flag():
     text = run_help("t2v")
     for flag in FLAGS:
         assert flag in text
-    for name in sample.SCHEDULERS:
+    for name in SCHEDULERS:
         assert name in text
     assert "motion_max_seq_length" in text and ".mp4" in text
 
