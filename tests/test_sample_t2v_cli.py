@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import mv2_jax
+from mv2_jax.commands import video as video_command
 from mv2_jax.diffusion.schedulers import SCHEDULERS
 from mv2_jax.media import read_video
 from tests.test_sample_cli import error_of, no_loading, run_help, sample  # noqa: F401
@@ -88,11 +89,11 @@ def test_t2v_end_to_end_on_a_tiny_pipeline(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(vars(mv2_jax), "load_pipeline", load_and_keep)
     written = []  # the frames handed to media.write_video (H.264 blurs random-weight noise)
 
-    def write_and_keep(frames, path, fps, write=sample.write_video):
+    def write_and_keep(frames, path, fps, write=video_command.write_video):
         written.append(np.asarray(frames))
         return write(frames, path, fps=fps)
 
-    monkeypatch.setattr(sample, "write_video", write_and_keep)
+    monkeypatch.setattr(video_command, "write_video", write_and_keep)
     out = tmp_path / "out" / "fox.mp4"
     settings = ("--num-frames", "4", "--steps", "2", "--seed", "3", "--height", "16")
     argv = [*t2v(folder, *settings), "--width", "24", "--fps", "12", "--out", str(out)]

@@ -1,6 +1,7 @@
 """The flags, checks and metadata that `sample.py`'s subcommands share: model / sampling /
 device flags, the cheap validation that runs before anything is loaded (problems reported
-together as a `UsageError`, exit code 2), the mesh, and the versions written beside outputs."""
+together as a `UsageError`, exit code 2), the mesh and dtype, and the versions written beside
+outputs."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ SINGLE_FILES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 class UsageError(Exception):
     """A command-line mistake, reported with its fix; exit code 2."""
+
+
+# What loading a model or running it raises for bad input (a mismatched checkpoint, a size the
+# model cannot take, an unreadable file): reported as `error: ...`, exit code 1.
+RUN_ERRORS = (OSError, ValueError, NotImplementedError, TypeError)
 
 
 def add_model_flag(parser: argparse.ArgumentParser, kind: str = "an SD1.x / SD2.x / SDXL") -> None:
@@ -133,23 +139,6 @@ def sampling_problems(args: argparse.Namespace) -> list[str]:
     return problems
 
 
-def check_t2i(args: argparse.Namespace) -> None:
-    """Every cheap check of the t2i flags, all problems reported at once."""
-    problems = sampling_problems(args)
-    if args.num_images < 1:
-        problems.append(f"--num-images {args.num_images}: needs at least 1 image per prompt")
-    negatives = args.negative_prompt or []
-    if len(negatives) > 1 and len(negatives) != len(args.prompt):
-        problems.append(
-            f"{len(negatives)} --negative-prompt for {len(args.prompt)} --prompt; give one "
-            "for all prompts or one per prompt"
-        )
-    if Path(args.out).is_file():
-        problems.append(f"--out {args.out} is a file; pass a folder (it is created if missing)")
-    if problems:
-        raise UsageError("\n".join(problems))
-
-
 def build_mesh(spec: str | None):
     """The device mesh for `--mesh` (None without it); a bad spec is a UsageError."""
     if spec is None:
@@ -160,6 +149,13 @@ def build_mesh(spec: str | None):
         return make_mesh(spec)
     except ValueError as e:
         raise UsageError(f"--mesh: {e}") from None
+
+
+def dtype_of(args: argparse.Namespace):
+    """The jax dtype of `--dtype`."""
+    import jax.numpy as jnp
+
+    return {"fp32": jnp.float32, "bf16": jnp.bfloat16}[args.dtype]
 
 
 def sampling_kwargs(args: argparse.Namespace, mesh) -> dict:
