@@ -100,19 +100,16 @@ def export_pipeline(
 
 
 def _i2v_components(config, pipeline: Path, params: dict) -> dict:
-    from mv2_jax.training.i2v import _motion_unet_source, _sparse_controlnet
-    from mv2_jax.weights.motion import MOTION, motion_config_from_unet2d
+    from mv2_jax.training.i2v import motion_unet_config, motion_unet_source, sparse_controlnet
+    from mv2_jax.weights.motion import MOTION
 
-    unet_folder, adapter = _motion_unet_source(config, pipeline)
-    unet_config = read_config(unet_folder)
-    if adapter is not None:
-        unet_config = motion_config_from_unet2d(unet_config, read_config(adapter))
+    unet_config = motion_unet_config(*motion_unet_source(config, pipeline))
     components = {"unet": (unet_config, params["unet"])}
     if "appearance" in params:
         components["appearance_encoder"] = (spatial_unet_config(unet_config), params["appearance"])
     if "controlnet" in params:
         folder = Path(config.i2v.controlnet_from) if config.i2v.controlnet_from else None
-        controlnet = _sparse_controlnet(MOTION.build(unet_config, jnp.float32), folder)
+        controlnet = sparse_controlnet(MOTION.build(unet_config, jnp.float32), folder)
         components["controlnet"] = (module_config(controlnet), params["controlnet"])
     return components
 

@@ -23,6 +23,7 @@ spatial layers' text-to-image prior (and change nothing unless spatial params tr
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from mv2_jax.parallel.sharding import module_shardings_for
 from mv2_jax.training.stage import LatentDiffusionStage, dtype_of, key_streams, module_param_shapes
 from mv2_jax.weights.controlnet import controlnet_from_unet, controlnet_like
 from mv2_jax.weights.load import build_module, load_component, read_config
-from mv2_jax.weights.motion import MOTION, load_motion_unet, motion_config_from_unet2d
+from mv2_jax.weights.motion import load_motion_unet, motion_config_from_unet2d
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,10 @@ class ImageToVideoStage(LatentDiffusionStage):
     seed: int
 
     @classmethod
-    def from_config(cls, config, pipeline: Path, mesh) -> ImageToVideoStage:
-        unet_folder, adapter = _motion_unet_source(config, pipeline)
-        param_dtype = dtype_of(config.param_dtype)
-        if adapter is None:
-            unet, _ = build_module(read_config(unet_folder), param_dtype, where=str(unet_folder))
-        else:
-            merged = motion_config_from_unet2d(read_config(unet_folder), read_config(adapter))
-            unet = MOTION.build(merged, param_dtype)
+    def from_config(cls, config, pipeline: Path, mesh, **fields) -> ImageToVideoStage:
+        """The stage of `config` from the `pipeline` folder (`fields`: a subclass's own)."""
+        unet_folder, adapter = motion_unet_source(config, pipeline)
+        unet = cls.unet_module(config, motion_unet_config(unet_folder, adapter), str(unet_folder))
         if not isinstance(unet, UNetMotionModel):
             raise ValueError(f"{unet_folder}: a {type(unet).__name__}, not a UNetMotionModel")
         frames = config.data.num_frames
@@ -82,26 +79,51 @@ class ImageToVideoStage(LatentDiffusionStage):
             remat_policy=check_remat_policy(config.remat_policy),
             skip_motion_for_images=True,
         )
+        backbone = cls.conditioning_backbone(denoiser)
         controlnet, controlnet_folder = None, None
         if config.i2v.controlnet:
             if config.i2v.controlnet_from:
                 controlnet_folder = Path(config.i2v.controlnet_from)
-            controlnet = _sparse_controlnet(denoiser, controlnet_folder)
+            controlnet = sparse_controlnet(backbone, controlnet_folder)
         stage = cls.from_pipeline(
             config,
             pipeline,
             mesh,
             denoiser=denoiser,
-            appearance=appearance_encoder(denoiser) if config.i2v.appearance_encoder else None,
+            appearance=appearance_encoder(backbone) if config.i2v.appearance_encoder else None,
             controlnet=controlnet,
             unet_folder=unet_folder,
             motion_adapter=adapter,
             controlnet_folder=controlnet_folder,
             seed=config.seed,
+            **fields,
         )
         if stage.sdxl:
             raise NotImplementedError("the i2v stage trains SD1.x/2.x motion UNets, not SDXL")
         return stage
+
+    # ---- hooks for stages on this backbone (`mv2_jax.training.v2v`)
+
+    @classmethod
+    def unet_module(cls, config, unet_config: dict, where: str) -> Any:
+        """The motion UNet that trains, from its folder's (merged) config."""
+        return build_module(unet_config, dtype_of(config.param_dtype), where=where)[0]
+
+    @staticmethod
+    def conditioning_backbone(denoiser: UNetMotionModel) -> UNetMotionModel:
+        """The UNet the appearance encoder and the ControlNet are made from: here the denoiser."""
+        return denoiser
+
+    def backbone_params(self, unet_params: dict) -> dict:
+        """The params of `conditioning_backbone` within the denoiser's: here all of them."""
+        return unet_params
+
+    def initial_unet_params(self, sharding) -> dict:
+        """The motion UNet's params from the pipeline (merged with the motion adapter)."""
+        if self.motion_adapter is None:
+            return load_component(self.unet_folder, self.param_dtype, sharding)[1]
+        _, unet, _ = load_motion_unet(self.unet_folder, self.motion_adapter, self.param_dtype)
+        return jax.device_put(unet, sharding)
 
     # ---- params: {"unet", "appearance", "controlnet"}
 
@@ -136,32 +158,30 @@ class ImageToVideoStage(LatentDiffusionStage):
         return kept
 
     def load_params(self, shardings) -> dict:
-        """The motion UNet's params from the pipeline (merged with the motion adapter), the
-        appearance encoder's as a copy of its spatial ones, the ControlNet's from its folder
-        or from the UNet, each placed on its shards."""
-        if self.motion_adapter is None:
-            unet = load_component(self.unet_folder, self.param_dtype, shardings["unet"])[1]
-        else:
-            _, unet, _ = load_motion_unet(self.unet_folder, self.motion_adapter, self.param_dtype)
-            unet = jax.device_put(unet, shardings["unet"])
+        """The motion UNet's params (`initial_unet_params`), the appearance encoder's as a copy
+        of its spatial ones, the ControlNet's from its folder or from the UNet, each placed on
+        its shards."""
+        unet = self.initial_unet_params(shardings["unet"])
         params = {"unet": unet}
+        backbone = self.backbone_params(unet)
         if self.appearance is not None:  # its own buffers: the state is donated to the step
             params["appearance"] = jax.device_put(
-                spatial_params(unet), shardings["appearance"], may_alias=False
+                spatial_params(backbone), shardings["appearance"], may_alias=False
             )
         if self.controlnet_folder is not None:
             params["controlnet"] = load_component(
                 self.controlnet_folder, self.param_dtype, shardings["controlnet"]
             )[1]
         elif self.controlnet is not None:  # traced: created shard by shard from the UNet's
-            overrides = _sparse_overrides(self.denoiser)
+            unet_module = self.conditioning_backbone(self.denoiser)
+            overrides = sparse_overrides(unet_module)
 
             def from_unet(unet_params, rng):
-                _, net = controlnet_from_unet(self.denoiser, unet_params, rng, **overrides)
+                _, net = controlnet_from_unet(unet_module, unet_params, rng, **overrides)
                 return net
 
             params["controlnet"] = jax.jit(from_unet, out_shardings=shardings["controlnet"])(
-                unet, jax.random.key(self.seed)
+                backbone, jax.random.key(self.seed)
             )
         return params
 
@@ -172,6 +192,16 @@ class ImageToVideoStage(LatentDiffusionStage):
         k_vae, k_drop, k_time, k_noise = key_streams(keys, 4)
         latents = self.clean_latents(consts, batch, k_vae)  # [B,F,h,w,c]
         context, _ = self.text_context(consts, batch, k_drop)
+        predict = self.predictor(params, latents, context)
+        return self.denoising_loss(consts, latents, k_time, k_noise, predict)
+
+    def predictor(
+        self, params, latents, context, condition: jax.Array | None = None, **unet_kwargs
+    ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+        """`predict(noisy, timesteps)` of the UNet given the key image, the clean latent of
+        frame 0 of `latents` `[B,F,h,w,c]` (its conditionings only for clips, F > 1).
+        `condition` `[B,F,h,w,c']` is concatenated to the noisy latents at the UNet's input
+        (not the ControlNet's); `unet_kwargs` go to the UNet (e.g. `class_labels`)."""
         video = latents.shape[1] > 1
         key_latent = latents[:, 0]  # the clean latent of the key image
         variables = {"params": params["unet"]}
@@ -185,9 +215,12 @@ class ImageToVideoStage(LatentDiffusionStage):
                 residuals = self.control_residuals(
                     params["controlnet"], noisy, timesteps, context, key_latent
                 )
-            return self.denoiser.apply(variables, noisy, timesteps, context, **residuals)
+            sample = noisy if condition is None else jnp.concatenate([noisy, condition], -1)
+            return self.denoiser.apply(
+                variables, sample, timesteps, context, **residuals, **unet_kwargs
+            )
 
-        return self.denoising_loss(consts, latents, k_time, k_noise, predict)
+        return predict
 
     def control_residuals(self, controlnet_params, noisy, timesteps, context, key_latent) -> dict:
         """SparseCtrl's residuals for the UNet: the key image's latent on frame 0, zeros and a
@@ -206,7 +239,14 @@ class ImageToVideoStage(LatentDiffusionStage):
         return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
 
-def _motion_unet_source(config, pipeline: Path) -> tuple[Path, Path | None]:
+def motion_unet_config(unet_folder: Path, adapter: Path | None) -> dict:
+    """The motion UNet's config: the folder's, or an SD UNet's merged with a motion adapter's."""
+    if adapter is None:
+        return read_config(unet_folder)
+    return motion_config_from_unet2d(read_config(unet_folder), read_config(adapter))
+
+
+def motion_unet_source(config, pipeline: Path) -> tuple[Path, Path | None]:
     """(unet folder, motion adapter folder or None when the unet has its motion modules)."""
     unet_folder = pipeline / "unet"
     kind = read_config(unet_folder).get("_class_name")
@@ -231,7 +271,7 @@ def _motion_unet_source(config, pipeline: Path) -> tuple[Path, Path | None]:
     return unet_folder, Path(adapter)
 
 
-def _sparse_overrides(unet: UNetMotionModel) -> dict:
+def sparse_overrides(unet: UNetMotionModel) -> dict:
     """SparseCtrl RGB's fields: the key image's latent (+ the mask) through one conv."""
     return dict(
         sparse=True,
@@ -243,10 +283,10 @@ def _sparse_overrides(unet: UNetMotionModel) -> dict:
     )
 
 
-def _sparse_controlnet(unet: UNetMotionModel, folder: Path | None) -> SparseControlNetModel:
+def sparse_controlnet(unet: UNetMotionModel, folder: Path | None) -> SparseControlNetModel:
     """The ControlNet module: built from `unet`'s fields, or `folder`'s (a SparseCtrl RGB)."""
     if folder is None:
-        return controlnet_like(unet, **_sparse_overrides(unet))
+        return controlnet_like(unet, **sparse_overrides(unet))
     if not folder.is_dir():
         raise FileNotFoundError(f"config.i2v.controlnet_from={str(folder)!r}: no such folder")
     module, _ = build_module(read_config(folder), unet.param_dtype, where=str(folder))
