@@ -12,7 +12,7 @@ from mv2_jax.parallel.rules import DEFAULT_RULES
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.stage = ""  # which stage's model and loss: "t2i" or "i2v" (more as their issues land)
+    c.stage = ""  # which stage's model and loss: "t2i", "i2v" or "v2v" (more as their issues land)
     c.seed = 0  # params init, noise, timesteps, caption dropout, data order
 
     # ---- run length and bookkeeping
@@ -60,6 +60,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.i2v.controlnet = False  # SparseCtrl RGB ControlNet fed frame 0's latent; params
     # "controlnet/…" start from the UNet's encoder (zero output convs)
     c.i2v.controlnet_from = ""  # a SparseControlNetModel folder to start from instead
+
+    # ---- video-to-video super-resolution (stage "v2v"; docs/training.md); the i2v.* keys
+    # above switch its key-image conditionings
+    c.v2v = ml_collections.ConfigDict()
+    c.v2v.scale = 2.0  # the low-res input is the clip resized down by this (to whole latents)
+    c.v2v.max_noise_level = 350  # its latents are noise-augmented at a level in [0, this]
+    # (the SD x4 upscaler's `noise_level`; < the UNet's num_class_embeds)
 
     # ---- diffusion loss
     c.diffusion = ml_collections.ConfigDict()
