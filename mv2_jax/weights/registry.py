@@ -68,7 +68,7 @@ def param_shapes(module: nn.Module, family: Family) -> dict:
 
 
 # Modules under mv2_jax.weights whose import registers their families.
-_FAMILY_MODULES = ("unet", "clip", "vae", "motion", "controlnet")
+_FAMILY_MODULES = ("unet", "clip", "vae", "motion", "controlnet", "vfi")
 
 
 def _ensure_registered() -> None:
