@@ -3,7 +3,8 @@
     python sample.py t2i --model FOLDER --prompt "a red fox in snow" --out samples/
     python sample.py t2v --model FOLDER --prompt "a red fox running" --out fox.mp4
     python sample.py i2v --model FOLDER --image key.png --prompt "a red fox running" --out k.mp4
-    python sample.py "a prompt"         the whole text-to-video cascade (arrives with issue #6)
+    python sample.py "a prompt" --t2i-model SD --i2v-model ANIMATEDIFF --out video.mp4
+                                        the whole cascade: T2I → I2V → V2V → VFI
 
 Every image is written as `OUT/00000.png` with `OUT/00000.json` beside it holding the settings
 and library versions that made it; a video `OUT.mp4` gets `OUT.json`. Each subcommand lives in
@@ -19,18 +20,15 @@ from pathlib import Path
 # Run as a script from a checkout: make the package next to this file importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mv2_jax.commands import i2v, t2i, t2v
+from mv2_jax.commands import cascade, i2v, t2i, t2v
 from mv2_jax.commands.common import RUN_ERRORS, UsageError
 
-COMMANDS = {"t2i": t2i, "t2v": t2v, "i2v": i2v}
+COMMANDS = {"cascade": cascade, "t2i": t2i, "t2v": t2v, "i2v": i2v}
 COMING = {
     "v2v": "video → video: low-res to high-res keyframes (arrives with the V2V issue)",
     "vfi": "frame interpolation between keyframes (arrives with the VFI issue)",
 }
-CASCADE = (
-    'python sample.py "a prompt" runs the whole cascade (T2I → I2V → V2V → VFI → mp4); it '
-    "arrives with issue #6"
-)
+CASCADE = 'python sample.py "a prompt" ... runs the whole cascade (`sample.py cascade --help`)'
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,10 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     if argv[0] not in (*COMMANDS, *COMING) and not argv[0].startswith("-"):
-        print(
-            f"sample.py: {CASCADE}; for now make a key image with `sample.py t2i`", file=sys.stderr
-        )
-        return 2
+        argv = ["cascade", *argv]  # the default subcommand: a prompt comes first
     if argv[0] in COMING and not {"-h", "--help"} & set(argv):
         print(f"sample.py {argv[0]}: {COMING[argv[0]]}; not available yet", file=sys.stderr)
         return 2

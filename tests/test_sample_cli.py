@@ -58,10 +58,9 @@ def run_help(*args: str) -> str:
 
 def test_help_lists_subcommands_and_the_cascade():
     text = run_help()
-    for command in ("t2i", "t2v", "i2v", "v2v", "vfi"):
+    for command in ("cascade", "t2i", "t2v", "i2v", "v2v", "vfi"):
         assert f"    {command} " in text
-    assert 'python sample.py "a prompt"' in text and "issue #6" in text
-    assert text.count("not available yet") == 2  # v2v, vfi
+    assert 'python sample.py "a prompt"' in text
 
 
 def test_t2i_help_explains_every_flag():
@@ -165,12 +164,15 @@ def test_argparse_errors_also_exit_2(capsys, no_loading, pipeline_folder):
     assert "--model" in capsys.readouterr().err
 
 
-def test_cascade_and_coming_stages_exit_2(capsys, no_loading):
-    assert sample.main(["a red fox running through snow"]) == 2
-    assert "arrives with issue #6" in capsys.readouterr().err
-    for command in ("v2v", "vfi"):
-        assert sample.main([command, "--anything"]) == 2
-        assert "not available yet" in capsys.readouterr().err
+def test_a_prompt_alone_runs_the_cascade_which_names_what_it_needs(capsys, no_loading):
+    assert sample.main(["a red fox running through snow", "--out", "fox.avi"]) == 2
+    err = capsys.readouterr().err
+    assert "sample.py cascade: error: --i2v-model: needed" in err
+    assert "--t2i-model: needed" in err and "--out fox.avi: end it in .mp4 or .gif" in err
+    assert sample.main(["a fox", "--image", "key.png", "--skip", "t2i,v2v,vfx"]) == 2
+    err = capsys.readouterr().err
+    assert "--t2i-model" not in err and "--image key.png: no such file" in err
+    assert "--skip vfx: choose from t2i, v2v, vfi" in err
 
 
 # ---------------------------------------------------------------------------- what a run writes

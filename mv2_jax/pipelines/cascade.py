@@ -1,0 +1,224 @@
+"""MagicVideo-V2's text-to-video cascade (arXiv:2401.04468, Fig. 2), one stage per line:
+
+    prompt ─T2I─▶ key image ─I2V─▶ keyframes ─V2V─▶ high-res keyframes ─VFI ×k─▶ frames
+
+Every stage is an ordinary pipeline of this package run with its own `StageSettings` (steps,
+guidance, seed, size); T2I is skipped by giving a key image, V2V and VFI by leaving them out.
+`plan` checks the sizes of the whole cascade before any stage runs. The pipelines keep their
+compiled functions, so the next prompt with the same settings compiles nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+STAGES = ("t2i", "i2v", "v2v", "vfi")
+TITLES = {
+    "t2i": "text → key image",
+    "i2v": "key image → keyframes",
+    "v2v": "keyframes → high-res keyframes",
+    "vfi": "frame interpolation",
+}
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """How one diffusion stage samples; `extra` holds the stage's own keyword arguments (the
+    I2V conditioning scales, V2V's `noise_level` / `strength`). Sizes None: the model's."""
+
+    steps: int = 25
+    guidance_scale: float | None = None
+    seed: int = 0
+    scheduler: str | None = None
+    height: int | None = None
+    width: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def kwargs(self, height: int, width: int, mesh) -> dict:
+        return dict(
+            num_inference_steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            seed=self.seed,
+            scheduler=self.scheduler,
+            height=height,
+            width=width,
+            mesh=mesh,
+            **self.extra,
+        )
+
+
+@dataclass(frozen=True)
+class CascadePlan:
+    """The sizes every stage works at, `(height, width)`; None where a stage is skipped."""
+
+    key_size: tuple[int, int] | None
+    keyframe_size: tuple[int, int]
+    num_frames: int
+    upscaled_size: tuple[int, int] | None
+    factor: int
+
+    @property
+    def output_frames(self) -> int:
+        return (self.num_frames - 1) * self.factor + 1
+
+    def describe(self, stage: str) -> str:
+        h, w = self.keyframe_size
+        if stage == "t2i":
+            return f"{self.key_size[0]}×{self.key_size[1]}"
+        if stage == "i2v":
+            return f"{h}×{w} × {self.num_frames} frames"
+        if stage == "v2v":
+            return f"{h}×{w} → {self.upscaled_size[0]}×{self.upscaled_size[1]}"
+        return f"×{self.factor}: {self.num_frames} → {self.output_frames} frames"
+
+
+@dataclass
+class CascadeOutput:
+    """The final `frames [N,H,W,3]` in [0,1] and every intermediate (None: stage skipped)."""
+
+    key_image: np.ndarray  # [H,W,3]
+    keyframes: np.ndarray  # [F,h,w,3]
+    upscaled: np.ndarray | None  # [F,H',W',3]
+    frames: np.ndarray  # [(F−1)·k+1, H',W',3]
+
+
+@dataclass
+class TextToVideoCascade:
+    """`cascade(prompt, ...) → CascadeOutput` from up to four pipelines; `image_to_video` is
+    required, the others optional (`text_to_image` only when no key image is given)."""
+
+    image_to_video: Any  # ImageToVideoPipeline
+    text_to_image: Any = None  # TextToImagePipeline
+    video_to_video: Any = None  # VideoToVideoPipeline (trained V2V UNet, or SDEdit mode)
+    interpolator: Any = None  # FrameInterpolationPipeline
+    report: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+
+    def plan(
+        self,
+        *,
+        key_image: np.ndarray | None = None,
+        t2i: StageSettings = StageSettings(),
+        i2v: StageSettings = StageSettings(),
+        v2v: StageSettings = StageSettings(),
+        num_frames: int | None = None,
+        factor: int = 3,
+    ) -> CascadePlan:
+        """The sizes of every stage, checked together before anything runs; a ValueError lists
+        every problem at once."""
+        problems = []
+        key_size = None
+        if key_image is None:
+            if self.text_to_image is None:
+                problems.append("no key image and no text-to-image model: give one of them")
+            else:
+                key_size = _size(self.text_to_image, t2i, "t2i", problems)
+        i2v_pipe = self.image_to_video
+        keyframe_size = _size(i2v_pipe, i2v, "i2v", problems)
+        max_frames = getattr(i2v_pipe.unet, "motion_max_seq_length", None)
+        if num_frames is None:
+            num_frames = min(32, max_frames or 32)
+        if num_frames < 1 or (max_frames and num_frames > max_frames):
+            problems.append(
+                f"i2v: {num_frames} frames; the motion modules take 1 to {max_frames} "
+                "(motion_max_seq_length)"
+            )
+        upscaled_size = None
+        if self.video_to_video is not None:
+            upscaled_size = _size(self.video_to_video, v2v, "v2v", problems)
+            if upscaled_size[0] < keyframe_size[0] or upscaled_size[1] < keyframe_size[1]:
+                problems.append(
+                    f"v2v: target {upscaled_size[0]}×{upscaled_size[1]} is smaller than the "
+                    f"keyframes' {keyframe_size[0]}×{keyframe_size[1]}; raise the V2V size or "
+                    "lower the I2V size"
+                )
+        if self.interpolator is None:
+            factor = 1
+        elif factor < 1:
+            problems.append(f"vfi: factor {factor}; need an integer ≥ 1 (1 = no new frames)")
+        elif factor > 1 and num_frames < 2:
+            problems.append("vfi: interpolation needs at least 2 keyframes")
+        if problems:
+            raise ValueError("the cascade cannot run:\n  " + "\n  ".join(problems))
+        return CascadePlan(key_size, keyframe_size, num_frames, upscaled_size, factor)
+
+    def __call__(
+        self,
+        prompt: str,
+        negative_prompt: str | None = None,
+        *,
+        key_image: np.ndarray | None = None,
+        t2i: StageSettings = StageSettings(),
+        i2v: StageSettings = StageSettings(),
+        v2v: StageSettings = StageSettings(),
+        num_frames: int | None = None,
+        factor: int = 3,
+        vfi_batch_size: int = 8,
+        mesh=None,
+        progress: bool = True,
+    ) -> CascadeOutput:
+        """Run the cascade for one prompt (see the module docstring)."""
+        plan = self.plan(
+            key_image=key_image, t2i=t2i, i2v=i2v, v2v=v2v, num_frames=num_frames, factor=factor
+        )
+        stages = self._stages_run(key_image)
+        step = _announcer(self.report, stages, plan)
+        common = dict(negative_prompt=negative_prompt, progress=progress)
+
+        if key_image is None:
+            step("t2i")
+            key_image = self.text_to_image(prompt, **common, **t2i.kwargs(*plan.key_size, mesh))[0]
+        step("i2v")
+        keyframes = self.image_to_video(
+            key_image, prompt, num_frames=plan.num_frames, **common,
+            **i2v.kwargs(*plan.keyframe_size, mesh),
+        )[0]  # fmt: skip
+        upscaled = None
+        if self.video_to_video is not None:
+            step("v2v")
+            upscaled = self.video_to_video(
+                keyframes, prompt, image=key_image, **common,
+                **v2v.kwargs(*plan.upscaled_size, mesh),
+            )[0]  # fmt: skip
+        frames = keyframes if upscaled is None else upscaled
+        if plan.factor > 1:
+            step("vfi")
+            frames = self.interpolator(
+                frames, factor=plan.factor, batch_size=vfi_batch_size, progress=progress
+            )
+        return CascadeOutput(np.asarray(key_image), keyframes, upscaled, frames)
+
+    def _stages_run(self, key_image) -> list[str]:
+        run = {
+            "t2i": key_image is None,
+            "i2v": True,
+            "v2v": self.video_to_video is not None,
+            "vfi": self.interpolator is not None,
+        }
+        return [stage for stage in STAGES if run[stage]]
+
+
+def _size(pipe, settings: StageSettings, stage: str, problems: list[str]) -> tuple[int, int]:
+    """`(height, width)` of a diffusion stage: the settings', else the model's default; sizes the
+    VAE cannot take are added to `problems`."""
+    default = pipe.default_size
+    height, width = settings.height or default, settings.width or default
+    multiple = max(8, pipe.vae_scale_factor)
+    for name, value in (("height", height), ("width", width)):
+        if value < multiple or value % multiple:
+            problems.append(f"{stage}: {name} {value} is not a positive multiple of {multiple}")
+    return height, width
+
+
+def _announcer(report: Callable[[str], None], stages: list[str], plan: CascadePlan):
+    """`step(stage)` reports "[i/n] stage: what it makes" as each stage starts."""
+
+    def step(stage: str) -> None:
+        index = stages.index(stage) + 1
+        report(f"[{index}/{len(stages)}] {stage}: {TITLES[stage]}, {plan.describe(stage)}")
+
+    return step
