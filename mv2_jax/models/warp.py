@@ -1,8 +1,8 @@
 """Bilinear backward warp (`image` sampled at `pixel + flow`) with a hand-written VJP.
 
 Matches torch `grid_sample(mode="bilinear", padding_mode="border", align_corners=True)`. The
-four neighbours are read as ONE gather of `[4·C]` rows and the image gradient is ONE scatter of
-`[4·C]` rows plus three dense shifts, instead of autodiff's four gathers and four scatters.
+image gradient is ONE scatter of `[4·C]` rows plus dense shifts (autodiff: four scatters), the
+flow gradient four neighbour differences without XLA CPU's slow reductions (benchmarks/vfi.py).
 """
 
 from __future__ import annotations
@@ -11,17 +11,9 @@ import jax
 import jax.numpy as jnp
 
 
-def _neighbour_stack(image: jax.Array) -> jax.Array:
-    """`[B,H,W,C]` → `[B,H,W,4,C]`: at (y, x) the pixels (y, x), (y, x+1), (y+1, x),
-    (y+1, x+1); the last row / column repeat the edge (never read with a non-zero weight)."""
-    right = jnp.concatenate([image[:, :, 1:], image[:, :, -1:]], axis=2)
-    below = jnp.concatenate([image[:, 1:], image[:, -1:]], axis=1)
-    below_right = jnp.concatenate([right[:, 1:], right[:, -1:]], axis=1)
-    return jnp.stack([image, right, below, below_right], axis=3)
-
-
 def _unstack_neighbours(corners: jax.Array) -> jax.Array:
-    """Transpose of `_neighbour_stack`: `[B,H,W,4,C]` gradients → `[B,H,W,C]`."""
+    """`[B,H,W,4,C]` gradients sent to the neighbours (top-left, right, lower, lower-right) of
+    the top-left pixel (y, x) → `[B,H,W,C]`, each moved onto the pixel it belongs to."""
 
     def shift_right(g):  # g sat at (y, x) for pixel (y, x+1)
         return jnp.concatenate([jnp.zeros_like(g[:, :, :1]), g[:, :, :-1]], axis=2)
@@ -56,23 +48,31 @@ def _coordinates(flow: jax.Array, height: int, width: int):
     return flat, fx, fy, inside.astype(flow.dtype)
 
 
-def _bilinear_weights(fx: jax.Array, fy: jax.Array, dtype) -> jax.Array:
-    """`[B,H,W,4,1]` weights of the four neighbours in `_neighbour_stack` order."""
-    weights = jnp.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], axis=-1)
-    return weights[..., None].astype(dtype)
-
-
-def _gather_corners(image: jax.Array, flat: jax.Array) -> jax.Array:
+def _corners(image: jax.Array, flat: jax.Array) -> tuple[jax.Array, ...]:
+    """The top-left, right, lower and lower-right neighbours `[B,H,W,C]` of each sample: four
+    gathers of C-rows (an axis of size 1 reads its only pixel, with weight 0, as neighbour)."""
     b, h, w, c = image.shape
-    rows = _neighbour_stack(image).reshape(b * h * w, 4 * c)
-    return rows[flat].reshape(*flat.shape, 4, c)
+    rows = image.reshape(b * h * w, c)
+    right, below = (1 if w > 1 else 0), (w if h > 1 else 0)
+    return tuple(rows[flat + offset] for offset in (0, right, below, below + right))
+
+
+def _channel_dot(a: jax.Array, b: jax.Array) -> jax.Array:
+    """`sum(a * b, axis=-1)`. XLA CPU reduces a short minor axis ~10-40× slower than it adds
+    a few products, so small channel counts are summed term by term."""
+    if a.shape[-1] <= 16:
+        return sum(a[..., k] * b[..., k] for k in range(a.shape[-1]))
+    return jnp.einsum("...c,...c->...", a, b)
 
 
 def _warp_forward(image: jax.Array, flow: jax.Array):
     flat, fx, fy, inside = _coordinates(flow, image.shape[1], image.shape[2])
-    corners = _gather_corners(image, flat)
-    out = jnp.sum(_bilinear_weights(fx, fy, image.dtype) * corners, axis=3)
-    return out, (corners, flat, fx, fy, inside)
+    top_left, right, below, below_right = _corners(image, flat)
+    fx_, fy_ = fx[..., None].astype(image.dtype), fy[..., None].astype(image.dtype)
+    out = (top_left * (1 - fx_) + right * fx_) * (1 - fy_) + (
+        below * (1 - fx_) + below_right * fx_
+    ) * fy_
+    return out, (image, flat, fx, fy, inside)
 
 
 @jax.custom_vjp
@@ -80,27 +80,26 @@ def _warp(image: jax.Array, flow: jax.Array) -> jax.Array:
     return _warp_forward(image, flow)[0]
 
 
-def _warp_fwd(image, flow):
+def _warp_fwd(image: jax.Array, flow: jax.Array):
     return _warp_forward(image, flow)
 
 
 def _warp_bwd(residuals, grad_out):
-    corners, flat, fx, fy, inside = residuals
-    b, h, w, _, c = corners.shape
+    image, flat, fx, fy, inside = residuals
+    b, h, w, c = image.shape
+    fx_, fy_ = fx[..., None].astype(image.dtype), fy[..., None].astype(image.dtype)
     # Image: each output pixel sends weight · gradient to its four neighbours. All four go in
-    # one scatter keyed by the top-left neighbour; the shifts then move them into place.
-    weights = _bilinear_weights(fx, fy, grad_out.dtype)
-    sent = (weights * grad_out[:, :, :, None]).reshape(b * h * w, 4 * c)
+    # one scatter of [4·C] rows keyed by the top-left neighbour; shifts then move them into place.
+    weights = ((1 - fx_) * (1 - fy_), fx_ * (1 - fy_), (1 - fx_) * fy_, fx_ * fy_)
+    sent = jnp.stack([weight * grad_out for weight in weights], axis=3).reshape(b * h * w, 4 * c)
     received = jnp.zeros_like(sent).at[flat.reshape(-1)].add(sent)
     grad_image = _unstack_neighbours(received.reshape(b, h, w, 4, c))
-    # Flow: d out / d x = (1 - fy)·(right − top_left) + fy·(below_right − below), likewise y.
-    top_left, right, below, below_right = (corners[:, :, :, k] for k in range(4))
-    fx_, fy_ = fx[..., None].astype(corners.dtype), fy[..., None].astype(corners.dtype)
+    # Flow: d out / d x = (1 − fy)·(right − top_left) + fy·(below_right − below), likewise y;
+    # the neighbours are gathered again rather than kept (4× the image) from the forward pass.
+    top_left, right, below, below_right = _corners(image, flat)
     d_dx = (1 - fy_) * (right - top_left) + fy_ * (below_right - below)
     d_dy = (1 - fx_) * (below - top_left) + fx_ * (below_right - right)
-    grad_flow = jnp.stack(
-        [jnp.sum(d_dx * grad_out, axis=-1), jnp.sum(d_dy * grad_out, axis=-1)], axis=-1
-    )
+    grad_flow = jnp.stack([_channel_dot(d_dx, grad_out), _channel_dot(d_dy, grad_out)], axis=-1)
     return grad_image, grad_flow.astype(fx.dtype) * inside
 
 
