@@ -175,7 +175,11 @@ _IGNORED = (
 class UNetMotionModel(UNet2DConditionModel):
     """Video UNet. Call: `(sample[B,F,H,W,C], timesteps[B] or scalar, encoder_hidden_states[B,L,D]
     (shared by all frames), added_cond_kwargs=None, down_block_additional_residuals=None,
-    mid_block_additional_residual=None, *, timestep_cond=None) → [B,F,H,W,C']`.
+    mid_block_additional_residual=None, class_labels=None, *, timestep_cond=None) → [B,F,H,W,C']`.
+
+    `class_labels[B]` feed the class embedding (any `class_embed_type` of the 2D UNet; with
+    `num_class_embeds` a table indexed by integer labels, as the SD x4 upscaler's noise level),
+    once per video like the timestep. diffusers' `UNetMotionModel` has no class embedding.
 
     Residuals may be per video `[B,F,h,w,c]` or per frame `[B·F,h,w,c]`. At F=1 the motion
     modules run over a single frame, as in diffusers; `skip_motion_for_images=True` skips them
@@ -230,8 +234,6 @@ class UNetMotionModel(UNet2DConditionModel):
             raise NotImplementedError(f"UNetMotionModel: act_fn {self.act_fn!r}; supported: silu")
         unsupported = {
             "mid_block_type": (self.mid_block_type, "UNetMidBlock2DCrossAttn"),
-            "class_embed_type": (self.class_embed_type, None),
-            "num_class_embeds": (self.num_class_embeds, None),
             "time_embedding_type": (self.time_embedding_type, "positional"),
         }
         for key, (value, default) in unsupported.items():
@@ -280,6 +282,7 @@ class UNetMotionModel(UNet2DConditionModel):
         added_cond_kwargs: Mapping[str, jax.Array] | None = None,
         down_block_additional_residuals: Sequence[jax.Array] | None = None,
         mid_block_additional_residual: jax.Array | None = None,
+        class_labels: jax.Array | None = None,
         *,
         timestep_cond: jax.Array | None = None,
     ) -> jax.Array:
@@ -287,9 +290,15 @@ class UNetMotionModel(UNet2DConditionModel):
         if sample.ndim != 5:
             raise ValueError(f"UNetMotionModel takes videos [B,F,H,W,C], got shape {sample.shape}")
         batch, frames = sample.shape[:2]
-        # Embeddings once per video, then one copy per frame (frames are folded into the batch).
+        # Embeddings (time, class labels such as V2V's noise level) once per video, then one copy
+        # per frame (frames are folded into the batch).
         emb, context = self._embed(
-            sample[:, 0], timesteps, encoder_hidden_states, added_cond_kwargs, None, timestep_cond
+            sample[:, 0],
+            timesteps,
+            encoder_hidden_states,
+            added_cond_kwargs,
+            class_labels,
+            timestep_cond,
         )
         # (an IP-Adapter's `ImagePromptContext` too: every leaf has the batch first)
         emb, context = jax.tree.map(

@@ -2,6 +2,7 @@
 per block, with and without the motion mid block, SDXL text-time conditioning, F=1 and F=4,
 ControlNet residuals; an SD UNet + MotionAdapter merged as `UNetMotionModel.from_unet2d` does."""
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -208,3 +209,57 @@ def test_remat_wraps_the_motion_modules():
 
     assert checkpoints("none") == 0
     assert checkpoints("full") == 4  # 2 ResNets + 2 motion modules
+
+
+def test_noise_level_table_matches_unet2d_and_acts(tmp_path):
+    """`num_class_embeds` (the SD x4 upscaler's noise-level table): a one-frame video with the
+    motion modules skipped is diffusers' UNet2DConditionModel given the same `class_labels`, for
+    two sets of labels that change the output; videos with motion modules take them too."""
+    spatial = dict(
+        block_out_channels=(16, 32),
+        norm_num_groups=8,
+        cross_attention_dim=24,
+        layers_per_block=1,
+        in_channels=8,
+        num_class_embeds=10,
+    )
+    ref = randomize_(
+        diffusers.UNet2DConditionModel(
+            **spatial,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            attention_head_dim=2,
+        ),
+        seed=3,
+    )
+    ref.save_pretrained(tmp_path)
+    _, params = mv2_jax.load_component(tmp_path)  # the spatial params, class_embedding included
+    module = UNetMotionModel.from_config(
+        {**BASE, **spatial, "num_attention_heads": 2, "motion_num_attention_heads": 2}
+    )
+    rng = np.random.default_rng(4)
+    image = rng.standard_normal((2, 1, 8, 8, 8), np.float32)
+    t, context = np.array([3.0, 741.0], np.float32), rng.standard_normal((2, 7, 24), np.float32)
+    skipping = module.clone(skip_motion_for_images=True)
+    apply = jax.jit(lambda labels: skipping.apply({"params": params}, image, t, context, None,
+                                                  None, None, labels))  # fmt: skip
+    outputs = []
+    for labels in (np.array([2, 7], np.int32), np.array([7, 0], np.int32)):
+        with torch.no_grad():
+            expected = ref(
+                torch.from_numpy(image[:, 0]).permute(0, 3, 1, 2),
+                torch.from_numpy(t),
+                torch.from_numpy(context),
+                class_labels=torch.from_numpy(labels).long(),
+            ).sample.permute(0, 2, 3, 1)
+        outputs.append(apply(labels)[:, 0])
+        assert relative_error(outputs[-1], expected.numpy()) <= 1e-4
+    assert relative_error(outputs[0][0], outputs[1][0]) > 1e-2
+
+    video = np.zeros((2, 3, 8, 8, 8), np.float32)  # shapes only: a compile costs seconds here
+    init = lambda *a, **k: module.init(jax.random.key(0), video, t, context, *a, **k)  # noqa: E731
+    variables = nn.unbox(jax.eval_shape(init, class_labels=np.zeros(2, np.int32)))
+    assert variables["params"]["class_embedding"]["embedding"].shape == (10, 64)
+    assert "motion_modules_0" in variables["params"]["down_blocks_0"]
+    with pytest.raises(ValueError, match="pass class_labels"):
+        jax.eval_shape(init)
