@@ -16,6 +16,7 @@ from mv2_jax.pipelines.i2v import ImageToVideoPipeline
 from mv2_jax.pipelines.t2i import TextToImagePipeline
 from mv2_jax.pipelines.t2v import TextToVideoPipeline
 from mv2_jax.pipelines.text import PromptEncoder, TextEncoder, load_tokenizer
+from mv2_jax.pipelines.vfi import is_vfi_folder, load_vfi_pipeline
 from mv2_jax.weights.ip_adapter import load_ip_adapter
 from mv2_jax.weights.load import load_component, read_config
 from mv2_jax.weights.motion import load_motion_unet
@@ -173,13 +174,17 @@ PIPELINES = {
         folder, dtype
     ),
     "ImageToVideoPipeline": lambda folder, _, dtype: load_i2v_pipeline(folder, dtype),
+    "FrameInterpolationPipeline": lambda folder, _, dtype: load_vfi_pipeline(folder, dtype),
 }
 
 
 def load_pipeline(path: str | os.PathLike, dtype=jnp.float32):
     """Load a pipeline folder; returns `pipe(prompt, negative_prompt=None, num_inference_steps,
-    guidance_scale, scheduler, height, width, num_frames, latents, seed, mesh, ...)`."""
+    guidance_scale, scheduler, height, width, num_frames, latents, seed, mesh, ...)`; a frame
+    interpolator (its component folder too) gives `pipe(video, factor, batch_size)`."""
     folder = Path(path)
+    if is_vfi_folder(folder):
+        return load_vfi_pipeline(folder, dtype)
     index = read_model_index(folder)
     name = index.get("_class_name")
     if name not in PIPELINES:
