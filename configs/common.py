@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from mv2_jax.diffusion.low_res import MAX_NOISE_LEVEL
 from mv2_jax.parallel.rules import DEFAULT_RULES
 
 
@@ -65,8 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
     # above switch its key-image conditionings
     c.v2v = ml_collections.ConfigDict()
     c.v2v.scale = 2.0  # the low-res input is the clip resized down by this (to whole latents)
-    c.v2v.max_noise_level = 350  # its latents are noise-augmented at a level in [0, this]
-    # (the SD x4 upscaler's `noise_level`; < the UNet's num_class_embeds)
+    # its latents are noise-augmented at a level in [0, this] (the SD x4 upscaler's
+    # `noise_level`, 350; < the UNet's num_class_embeds, 1000)
+    c.v2v.max_noise_level = MAX_NOISE_LEVEL
 
     # ---- diffusion loss
     c.diffusion = ml_collections.ConfigDict()
