@@ -6,7 +6,9 @@ The folder is the run's starting pipeline (VAE, text encoder, tokenizer, schedul
 they are) with the trained components written in orbax form beside their `config.json`:
 - t2i: `unet/` (a StableDiffusionPipeline folder);
 - i2v: `unet/` (the motion UNet), `appearance_encoder/` (a spatial UNet2DConditionModel) and
-  `controlnet/` (SparseCtrl RGB) when the run trained them, `_class_name` ImageToVideoPipeline.
+  `controlnet/` (SparseCtrl RGB) when the run trained them, `_class_name` ImageToVideoPipeline;
+- v2v: the same with the V2V UNet (low-res channels at conv_in, noise-level table) in `unet/`,
+  `_class_name` VideoToVideoPipeline.
 The EMA weights are exported unless `ema=False`.
 """
 
@@ -26,6 +28,9 @@ import ml_collections
 from mv2_jax.training.checkpoint import restore_params
 from mv2_jax.weights.convert import write_component
 from mv2_jax.weights.load import read_config
+
+# The pipeline class of an exported video run (`model_index.json`'s `_class_name`).
+VIDEO_PIPELINES = {"i2v": "ImageToVideoPipeline", "v2v": "VideoToVideoPipeline"}
 
 # Module fields that say how to run a model, not what it is: never part of a config.json.
 _RUNTIME_FIELDS = (
@@ -74,11 +79,11 @@ def export_pipeline(
     if config.stage == "t2i":
         components = {"unet": (read_config(pipeline / "unet"), params)}
         index_class = None
-    elif config.stage == "i2v":
-        components = _i2v_components(config, pipeline, params)
-        index_class = "ImageToVideoPipeline"
+    elif config.stage in VIDEO_PIPELINES:
+        components = _video_components(config, pipeline, params)
+        index_class = VIDEO_PIPELINES[config.stage]
     else:
-        raise NotImplementedError(f"exporting a {config.stage!r} run; supported: t2i, i2v")
+        raise NotImplementedError(f"exporting a {config.stage!r} run; supported: t2i, i2v, v2v")
 
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -99,17 +104,28 @@ def export_pipeline(
     return out
 
 
-def _i2v_components(config, pipeline: Path, params: dict) -> dict:
+def _video_components(config, pipeline: Path, params: dict) -> dict:
+    """i2v / v2v: the motion UNet, and the appearance encoder and ControlNet made from the I2V
+    UNet (for v2v, the one inside its UNet)."""
     from mv2_jax.training.i2v import motion_unet_config, motion_unet_source, sparse_controlnet
     from mv2_jax.weights.motion import MOTION
 
     unet_config = motion_unet_config(*motion_unet_source(config, pipeline))
+    backbone_config = unet_config
+    controlnet_folder = Path(config.i2v.controlnet_from) if config.i2v.controlnet_from else None
+    if config.stage == "v2v":
+        from mv2_jax.training.v2v import controlnet_folder_of, i2v_unet_config, v2v_unet_config
+
+        unet_config = v2v_unet_config(unet_config, config)
+        backbone_config = i2v_unet_config(unet_config)
+        controlnet_folder = controlnet_folder_of(config, pipeline)
     components = {"unet": (unet_config, params["unet"])}
     if "appearance" in params:
-        components["appearance_encoder"] = (spatial_unet_config(unet_config), params["appearance"])
+        appearance_config = spatial_unet_config(backbone_config)
+        components["appearance_encoder"] = (appearance_config, params["appearance"])
     if "controlnet" in params:
-        folder = Path(config.i2v.controlnet_from) if config.i2v.controlnet_from else None
-        controlnet = sparse_controlnet(MOTION.build(unet_config, jnp.float32), folder)
+        backbone = MOTION.build(backbone_config, jnp.float32)
+        controlnet = sparse_controlnet(backbone, controlnet_folder)
         components["controlnet"] = (module_config(controlnet), params["controlnet"])
     return components
 
