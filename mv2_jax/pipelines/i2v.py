@@ -252,13 +252,18 @@ class ImageToVideoPipeline(TextToVideoPipeline):
         residuals = {}
         if "control_cond" in inputs:
             residuals = self._control_residuals(params["controlnet"], inputs, x, t)
+        return self.apply_unet(variables, inputs, x, t, **residuals)
+
+    def apply_unet(self, variables: dict, inputs: dict, x: jax.Array, t: jax.Array, **kwargs):
+        """Hook: the motion UNet on the latents `x [N,F,h,w,C]` (the video-to-video pipeline
+        adds its low-res latents and noise level here)."""
         return self.unet.apply(
             variables,
             x,
             t,
             inputs["context"],
             added_cond_kwargs=inputs.get("added_cond_kwargs"),
-            **residuals,
+            **kwargs,
         )
 
     def _control_residuals(self, controlnet_params, inputs, x, t) -> dict:

@@ -16,10 +16,12 @@ from mv2_jax.pipelines.i2v import ImageToVideoPipeline
 from mv2_jax.pipelines.t2i import TextToImagePipeline
 from mv2_jax.pipelines.t2v import TextToVideoPipeline
 from mv2_jax.pipelines.text import PromptEncoder, TextEncoder, load_tokenizer
+from mv2_jax.pipelines.v2v import VideoToVideoPipeline
 from mv2_jax.pipelines.vfi import is_vfi_folder, load_vfi_pipeline
 from mv2_jax.weights.ip_adapter import load_ip_adapter
 from mv2_jax.weights.load import load_component, read_config
 from mv2_jax.weights.motion import load_motion_unet
+from mv2_jax.weights.v2v import i2v_unet_from_v2v
 
 
 def read_model_index(folder: Path) -> dict:
@@ -123,6 +125,45 @@ def load_i2v_pipeline(
         raise NotImplementedError(
             f"{folder}: a {name}; image → video takes one of {sorted(I2V_PIPELINES)} folders"
         )
+    parts = _image_video_parts(folder, index, dtype, controlnet, ip_adapter, image_encoder)
+    return ImageToVideoPipeline(**parts)
+
+
+def load_v2v_pipeline(
+    path: str | os.PathLike,
+    dtype=jnp.float32,
+    *,
+    controlnet: str | os.PathLike | None = None,
+    ip_adapter: str | os.PathLike | None = None,
+    image_encoder: str | os.PathLike | None = None,
+) -> VideoToVideoPipeline:
+    """A video-to-video (super-resolution) pipeline. The folder is a VideoToVideoPipeline:
+
+        model_index.json   {"_class_name": "VideoToVideoPipeline", ...}
+        unet/              UNetMotionModel with in_channels = 2 × out_channels (noisy latents
+                           then the upsampled low-res latents, concatenated at conv_in) and
+                           num_class_embeds (the noise-level table; `v2v_unet_from_i2v`)
+        vae/ text_encoder/ tokenizer/ scheduler/     as in an AnimateDiff folder
+        appearance_encoder/ controlnet/ image_encoder/ ip_adapter/   optional, as for I2V
+
+    components in diffusers' safetensors or this project's orbax form (`load_component`). An
+    AnimateDiff or ImageToVideoPipeline folder (4-channel UNet) loads too and runs in SDEdit
+    mode. Without an `appearance_encoder/`, reference attention uses the spatial weights of
+    the I2V UNet inside the V2V one (`i2v_unet_from_v2v`), as for I2V."""
+    folder = Path(path)
+    index = read_model_index(folder)
+    name = index.get("_class_name")
+    if name not in V2V_PIPELINES:
+        raise NotImplementedError(
+            f"{folder}: a {name}; video → video takes one of {sorted(V2V_PIPELINES)} folders"
+        )
+    parts = _image_video_parts(folder, index, dtype, controlnet, ip_adapter, image_encoder)
+    return VideoToVideoPipeline(**parts)
+
+
+def _image_video_parts(folder, index, dtype, controlnet, ip_adapter, image_encoder) -> dict:
+    """The fields of an image- or video-to-video pipeline read from `folder` (see
+    `load_i2v_pipeline`)."""
     video = _animatediff(folder, index, dtype)
     unet, unet_params = video.unet, video.unet_params
 
@@ -149,10 +190,17 @@ def load_i2v_pipeline(
     if appearance_path.exists():
         appearance = load_component(appearance_path, dtype)
     else:
-        appearance = (appearance_encoder(unet), spatial_params(unet_params))
+        backbone, backbone_params = unet, unet_params
+        if unet.in_channels == 2 * unet.out_channels:  # a V2V UNet: its I2V part
+            config = {"in_channels": unet.in_channels, "out_channels": unet.out_channels}
+            config, backbone_params = i2v_unet_from_v2v(config, unet_params)
+            backbone = unet.clone(
+                in_channels=config["in_channels"], num_class_embeds=None, class_embed_type=None
+            )
+        appearance = (appearance_encoder(backbone), spatial_params(backbone_params))
     shared = {f.name: getattr(video, f.name) for f in fields(video) if f.init}
     shared.update(unet=unet, unet_params=unet_params, trace_count=0, _compiled={})
-    return ImageToVideoPipeline(
+    return dict(
         **shared,
         appearance=appearance,
         controlnet=None if controlnet_path is None else load_component(controlnet_path, dtype),
@@ -165,6 +213,7 @@ I2V_PIPELINES = (
     "AnimateDiffSparseControlNetPipeline",
     "ImageToVideoPipeline",
 )
+V2V_PIPELINES = (*I2V_PIPELINES, "VideoToVideoPipeline")
 
 PIPELINES = {
     "StableDiffusionPipeline": _stable_diffusion,
@@ -174,6 +223,7 @@ PIPELINES = {
         folder, dtype
     ),
     "ImageToVideoPipeline": lambda folder, _, dtype: load_i2v_pipeline(folder, dtype),
+    "VideoToVideoPipeline": lambda folder, _, dtype: load_v2v_pipeline(folder, dtype),
     "FrameInterpolationPipeline": lambda folder, _, dtype: load_vfi_pipeline(folder, dtype),
 }
 

@@ -196,7 +196,8 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
             scalars["rescale"],
         )
         callback = self._progress.update if request.progress else None
-        latents = denoise(scheduler, tables, model_fn, latents, key_steps, 0, callback)
+        start = scalars.get("start", 0)  # the first step: > 0 for SDEdit (video-to-video)
+        latents = denoise(scheduler, tables, model_fn, latents, key_steps, start, callback)
         return self.decode_video(params["vae"], latents, request.decode_chunk_size)
 
     def initial_latents(self, params: dict, inputs: dict, noise, scheduler, tables) -> jax.Array:

@@ -65,3 +65,23 @@ def v2v_unet_from_i2v(
     params["conv_in"] = {**params["conv_in"], "kernel": jnp.concatenate([kernel, zeros], axis=2)}
     params["class_embedding"] = {"embedding": jnp.zeros((num_noise_levels, time_dim), kernel.dtype)}
     return config, params
+
+
+def is_v2v_unet_config(config: Mapping[str, Any]) -> bool:
+    """Whether a UNet config takes low-res channels beside the noisy latents (in = 2 × out)."""
+    return config.get("in_channels", 4) == 2 * config.get("out_channels", 4)
+
+
+def i2v_unet_from_v2v(
+    config: Mapping[str, Any], params: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The I2V UNet inside a V2V one (the inverse of `v2v_unet_from_i2v`): `conv_in` on the
+    noisy latents' channels only, no noise-level table. The appearance encoder and the
+    ControlNet, which see the noisy latents alone, are made from it."""
+    channels = config.get("out_channels", 4)
+    config = {k: v for k, v in config.items() if k not in ("num_class_embeds", "class_embed_type")}
+    config["in_channels"] = channels
+    params = {k: v for k, v in params.items() if k != "class_embedding"}
+    kernel = params["conv_in"]["kernel"]  # [kh, kw, in, out]
+    params["conv_in"] = {**params["conv_in"], "kernel": kernel[:, :, :channels]}
+    return config, params
