@@ -81,6 +81,7 @@ def test_mp4_in_mp4_out_keeps_the_rate_per_second(model_folder, tmp_path):
         (["--fps", "-1"], "--fps -1.0: must be positive"),
         (["--out", "x.avi"], "unsupported suffix '.avi'"),
         (["--model", "nowhere"], "--model nowhere: no such folder"),
+        (["--model", __file__], "convert/rife_to_vfi.py"),
     ],
 )
 def test_usage_errors(capsys, frames_folder, extra, message):

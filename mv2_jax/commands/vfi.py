@@ -46,8 +46,9 @@ def add_parser(commands) -> None:
         "--model",
         metavar="FOLDER",
         help="a FrameInterpolator folder (config.json + safetensors, e.g. exported by "
-        "train.py --config configs/vfi.py) or a FrameInterpolationPipeline folder (default: "
-        "the weights shipped with mv2_jax)",
+        "train.py --config configs/vfi.py, or RIFE v4.0–4.6 weights converted by "
+        "convert/rife_to_vfi.py) or a FrameInterpolationPipeline folder (default: the "
+        "weights shipped with mv2_jax)",
     )
     flag(
         "--batch-size",
@@ -93,7 +94,12 @@ def check(args: argparse.Namespace) -> None:
         problems.append(f"--batch-size {args.batch_size}: needs at least 1")
     if args.fps is not None and not args.fps > 0:
         problems.append(f"--fps {args.fps}: must be positive")
-    if args.model is not None and not Path(args.model).is_dir():
+    if args.model is not None and Path(args.model).is_file():
+        problems.append(
+            f"--model {args.model} is a file; RIFE v4.0–4.6 weights convert with `python "
+            f"convert/rife_to_vfi.py {args.model} --out DIR`, then pass --model DIR"
+        )
+    elif args.model is not None and not Path(args.model).is_dir():
         problems.append(
             f"--model {args.model}: no such folder; pass a FrameInterpolator folder, or leave "
             "--model out to use the shipped weights"
