@@ -201,7 +201,12 @@ def stage_settings(args: argparse.Namespace) -> dict:
     extra = {
         "t2i": {},
         "i2v": conditioning,
-        "v2v": {**conditioning, "noise_level": args.noise_level, "strength": args.strength},
+        # the latent noise prior starts I2V from the key image; V2V starts from its input
+        "v2v": {
+            **{k: v for k, v in conditioning.items() if not k.startswith("noise_prior")},
+            "noise_level": args.noise_level,
+            "strength": args.strength,
+        },
     }
     settings = {}
     for stage in DIFFUSION_STAGES:

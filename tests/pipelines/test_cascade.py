@@ -1,0 +1,157 @@
+"""The text-to-video cascade on tiny random stages: every intermediate has the planned shape,
+the interpolated video keeps the upscaled keyframes, a second prompt compiles nothing, skipped
+stages pass their input on, every size problem is named before a stage runs, and
+`sample.py "a prompt"` writes the video, its settings and the intermediates."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+import mv2_jax
+import sample
+from mv2_jax.commands import cascade as cascade_command
+from mv2_jax.media import read_video
+from mv2_jax.models.vfi import FrameInterpolator
+from mv2_jax.pipelines.cascade import StageSettings, TextToVideoCascade
+from mv2_jax.pipelines.loading import load_i2v_pipeline, load_v2v_pipeline
+from mv2_jax.pipelines.vfi import FrameInterpolationPipeline
+from tests.pipelines.tiny import tiny_animatediff_pipeline
+from tests.weights.tiny_models import tiny_pipeline
+
+pytestmark = pytest.mark.torch
+
+T2I = StageSettings(steps=2, height=16, width=16, seed=1)
+I2V = StageSettings(steps=2, height=16, width=16, seed=2, scheduler="ddim")
+V2V = StageSettings(steps=2, height=32, width=32, seed=3, extra={"strength": 0.6})
+RUN = dict(t2i=T2I, i2v=I2V, v2v=V2V, num_frames=3, factor=3)  # progress on, as the CLI
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cascade")
+    tiny_pipeline(root / "t2i")
+    tiny_animatediff_pipeline(root / "i2v")
+    return root / "t2i", root / "i2v"
+
+
+@pytest.fixture(scope="module")
+def report():
+    return []  # the cascade's progress lines
+
+
+@pytest.fixture(scope="module")
+def cascade(folders, report):
+    t2i_folder, i2v_folder = folders
+    interpolator = FrameInterpolator(block_channels=(8, 8), block_scales=(2, 1), num_res=1,
+                                     refine_channels=8)  # fmt: skip
+    frame = np.zeros((1, 8, 8, 3), np.float32)
+    params = interpolator.init(jax_key(), frame, frame, np.full((1,), 0.5, np.float32))["params"]
+    return TextToVideoCascade(
+        image_to_video=load_i2v_pipeline(i2v_folder),
+        text_to_image=mv2_jax.load_pipeline(t2i_folder),
+        video_to_video=load_v2v_pipeline(i2v_folder),  # training-free SDEdit mode
+        interpolator=FrameInterpolationPipeline(interpolator, params),
+        report=report.append,
+    )
+
+
+def jax_key():
+    import jax
+
+    return jax.random.key(0)
+
+
+def _trace_counts(cascade):
+    return [
+        stage.trace_count
+        for stage in (
+            cascade.text_to_image,
+            cascade.image_to_video,
+            cascade.video_to_video,
+            cascade.interpolator,
+        )
+    ]
+
+
+def test_every_stage_runs_at_its_planned_size_and_a_new_prompt_compiles_nothing(cascade, report):
+    out = cascade("a red fox", **RUN)
+    assert out.key_image.shape == (16, 16, 3)
+    assert out.keyframes.shape == (3, 16, 16, 3)
+    assert out.upscaled.shape == (3, 32, 32, 3)
+    assert out.frames.shape == (7, 32, 32, 3)
+    np.testing.assert_array_equal(out.frames[::3], out.upscaled)  # VFI keeps its input frames
+    assert [line.split(":")[0] for line in report] == [
+        "[1/4] t2i", "[2/4] i2v", "[3/4] v2v", "[4/4] vfi"
+    ]  # fmt: skip
+    assert "16×16 → 32×32" in report[2] and "3 → 7 frames" in report[3]
+
+    counts = _trace_counts(cascade)
+    again = cascade("a blue bird", **RUN)
+    assert _trace_counts(cascade) == counts
+    assert np.abs(again.key_image - out.key_image).max() > 1e-3  # the prompt reached T2I
+
+
+def test_a_key_image_skips_t2i_and_missing_stages_pass_their_input_on(cascade):
+    key = np.random.default_rng(0).uniform(0, 1, (16, 16, 3)).astype(np.float32)
+    short = TextToVideoCascade(cascade.image_to_video, report=lambda line: None)
+    out = short("a red fox", key_image=key, **{**RUN, "factor": 5})
+    assert out.upscaled is None and out.frames is out.keyframes
+    np.testing.assert_array_equal(out.key_image, key)
+    # the same I2V settings as the full cascade: the compiled function is reused
+    full = cascade("a red fox", key_image=key, **RUN)
+    np.testing.assert_allclose(full.keyframes, out.keyframes, atol=1e-6)
+
+
+def test_the_plan_names_every_size_problem_before_a_stage_runs(cascade):
+    partial = TextToVideoCascade(
+        cascade.image_to_video, video_to_video=cascade.video_to_video,
+        interpolator=cascade.interpolator,
+    )  # fmt: skip
+    with pytest.raises(ValueError) as error:
+        partial.plan(
+            i2v=StageSettings(height=20, width=16),
+            v2v=StageSettings(height=8, width=64),
+            num_frames=99,
+            factor=0,
+        )
+    text = str(error.value)
+    for problem in (
+        "no key image and no text-to-image model",
+        "i2v: height 20 is not a positive multiple of 8",
+        "i2v: 99 frames; the motion modules take 1 to 8",
+        "v2v: target 8×64 is smaller than the keyframes' 20×16",
+        "vfi: factor 0",
+    ):
+        assert problem in text
+
+
+def test_sample_py_with_a_prompt_writes_the_video_settings_and_intermediates(
+    cascade, folders, monkeypatch, tmp_path, capsys
+):
+    t2i_folder, i2v_folder = folders
+    monkeypatch.setattr(cascade_command, "build_cascade", lambda args: cascade)
+    out = tmp_path / "fox.mp4"
+    argv = [
+        "a red fox", "--t2i-model", str(t2i_folder), "--i2v-model", str(i2v_folder),
+        "--t2i-steps", "2", "--t2i-size", "16x16", "--t2i-seed", "1",
+        "--i2v-steps", "2", "--i2v-size", "16x16", "--i2v-seed", "2", "--i2v-scheduler", "ddim",
+        "--v2v-steps", "2", "--v2v-size", "32x32", "--v2v-seed", "3", "--strength", "0.6",
+        "--num-frames", "3", "--factor", "3", "--noise-prior", "mean_shift",
+        "--out", str(out), "--save-intermediates",
+    ]  # fmt: skip
+    counts = _trace_counts(cascade)
+    assert sample.main(argv) == 0
+    assert _trace_counts(cascade) == counts  # the settings of the first test: nothing compiled
+    assert f"wrote {out} (7 frames)" in capsys.readouterr().out
+    frames, _ = read_video(out)
+    assert frames.shape == (7, 32, 32, 3)
+    assert read_video(tmp_path / "fox.keyframes.mp4")[0].shape == (3, 16, 16, 3)
+    assert read_video(tmp_path / "fox.upscaled.mp4")[0].shape == (3, 32, 32, 3)
+    assert (tmp_path / "fox.key.png").is_file()
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert settings["stages"]["v2v"]["extra"]["strength"] == 0.6
+    assert settings["plan"]["upscaled_size"] == [32, 32] and settings["frames"] == 7
