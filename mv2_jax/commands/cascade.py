@@ -98,6 +98,12 @@ def add_parser(commands) -> None:
     )
     flag("--strength", type=float, metavar="S", help="V2V SDEdit strength in (0, 1]")
     flag(
+        "--vae-tile-size",
+        type=int,
+        metavar="PX",
+        help="V2V: VAE encode/decode in overlapping PX² tiles (e.g. 512) to bound memory",
+    )
+    flag(
         "--factor",
         type=int,
         default=3,
@@ -206,6 +212,7 @@ def stage_settings(args: argparse.Namespace) -> dict:
             **{k: v for k, v in conditioning.items() if not k.startswith("noise_prior")},
             "noise_level": args.noise_level,
             "strength": args.strength,
+            "vae_tile_size": args.vae_tile_size,
         },
     }
     settings = {}
