@@ -3,6 +3,7 @@
     python sample.py t2i --model FOLDER --prompt "a red fox in snow" --out samples/
     python sample.py t2v --model FOLDER --prompt "a red fox running" --out fox.mp4
     python sample.py i2v --model FOLDER --image key.png --prompt "a red fox running" --out k.mp4
+    python sample.py v2v --model FOLDER --input k.mp4 --prompt "a red fox running" --out hi.mp4
     python sample.py vfi --input keyframes.mp4 --factor 3 --out frames.mp4
     python sample.py "a prompt" --t2i-model SD --i2v-model ANIMATEDIFF --out video.mp4
                                         the whole cascade: T2I → I2V → V2V → VFI
@@ -21,13 +22,11 @@ from pathlib import Path
 # Run as a script from a checkout: make the package next to this file importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mv2_jax.commands import cascade, i2v, t2i, t2v, vfi
+from mv2_jax.commands import cascade, i2v, t2i, t2v, v2v, vfi
 from mv2_jax.commands.common import RUN_ERRORS, UsageError
 
-COMMANDS = {"cascade": cascade, "t2i": t2i, "t2v": t2v, "i2v": i2v, "vfi": vfi}
-COMING = {
-    "v2v": "video → video: low-res to high-res keyframes (arrives with the V2V issue)",
-}
+COMMANDS = {"cascade": cascade, "t2i": t2i, "t2v": t2v, "i2v": i2v, "v2v": v2v, "vfi": vfi}
+COMING: dict[str, str] = {}
 CASCADE = 'python sample.py "a prompt" ... runs the whole cascade (`sample.py cascade --help`)'
 
 
