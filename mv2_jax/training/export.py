@@ -114,10 +114,11 @@ def _video_components(config, pipeline: Path, params: dict) -> dict:
     backbone_config = unet_config
     controlnet_folder = Path(config.i2v.controlnet_from) if config.i2v.controlnet_from else None
     if config.stage == "v2v":
-        from mv2_jax.training.v2v import controlnet_folder_of, i2v_unet_config, v2v_unet_config
+        from mv2_jax.training.v2v import controlnet_folder_of, v2v_unet_config
+        from mv2_jax.weights.v2v import i2v_unet_from_v2v
 
         unet_config = v2v_unet_config(unet_config, config)
-        backbone_config = i2v_unet_config(unet_config)
+        backbone_config, _ = i2v_unet_from_v2v(unet_config, params["unet"])
         controlnet_folder = controlnet_folder_of(config, pipeline)
     components = {"unet": (unet_config, params["unet"])}
     if "appearance" in params:

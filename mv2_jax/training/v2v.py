@@ -39,57 +39,29 @@ from mv2_jax.training.i2v import (
 from mv2_jax.training.losses import per_example_noise
 from mv2_jax.training.stage import key_streams
 from mv2_jax.weights.load import load_component
-from mv2_jax.weights.v2v import v2v_unet_from_i2v
+from mv2_jax.weights.v2v import i2v_unet_from_v2v, is_v2v_unet_config, v2v_unet_from_i2v
 
 log = logging.getLogger(__name__)
-
-
-def is_v2v_unet(unet_config: dict) -> bool:
-    """Whether a motion UNet config is V2V's (low-res channels at conv_in), else I2V's."""
-    out_channels = unet_config.get("out_channels", 4)
-    in_channels = unet_config.get("in_channels", 4)
-    if in_channels == out_channels:
-        return False
-    if in_channels == 2 * out_channels and unet_config.get("num_class_embeds"):
-        return True
-    raise ValueError(
-        f"a UNet with in_channels={in_channels}, out_channels={out_channels}: the v2v stage "
-        "starts from an I2V UNet (in = out channels) or a V2V one (in = 2 × out, with "
-        "num_class_embeds for the noise level)"
-    )
 
 
 def v2v_unet_config(unet_config: dict, config) -> dict:
     """The V2V UNet's config: `unet_config` as it is when it is V2V's already, else the I2V
     UNet's converted (`v2v_unet_from_i2v`); its noise-level table must hold
     `v2v.max_noise_level`."""
-    if not is_v2v_unet(unet_config):
+    if not is_v2v_unet_config(unet_config):
         unet_config, _ = v2v_unet_from_i2v(unet_config, None, config_only=True)
-    levels = unet_config["num_class_embeds"]
+    levels = unet_config.get("num_class_embeds")
+    if not levels:
+        raise ValueError(
+            "the pipeline's UNet takes low-res channels but has no noise-level table "
+            "(num_class_embeds); start from an I2V model or a V2V export"
+        )
     if not 0 <= config.v2v.max_noise_level < levels:
         raise ValueError(
             f"v2v.max_noise_level={config.v2v.max_noise_level}: the UNet's noise-level table "
             f"has {levels} entries (num_class_embeds); choose a level in [0, {levels - 1}]"
         )
     return unet_config
-
-
-def i2v_unet_config(v2v_config: dict) -> dict:
-    """The config of the I2V UNet inside a V2V one (its own input channels, no class table):
-    what the appearance encoder and the ControlNet are made from."""
-    config = dict(v2v_config, in_channels=v2v_config.get("out_channels", 4))
-    config.pop("num_class_embeds", None)
-    return config
-
-
-def i2v_unet_params(v2v_params: dict, in_channels: int) -> dict:
-    """The params of the I2V UNet inside a V2V UNet's: `conv_in` on the first `in_channels`
-    (the noisy latents), no class embedding. Inverse of `v2v_unet_from_i2v`'s params."""
-    params = {k: v for k, v in v2v_params.items() if k != "class_embedding"}
-    conv_in = dict(params["conv_in"])
-    conv_in["kernel"] = conv_in["kernel"][:, :, :in_channels]  # [kh, kw, in, out]
-    params["conv_in"] = conv_in
-    return params
 
 
 def controlnet_folder_of(config, pipeline: Path) -> Path | None:
@@ -126,7 +98,7 @@ class VideoToVideoStage(ImageToVideoStage):
             mesh,
             scale=float(config.v2v.scale),
             max_noise_level=int(config.v2v.max_noise_level),
-            from_i2v=not is_v2v_unet(unet_config),
+            from_i2v=not is_v2v_unet_config(unet_config),
             appearance_folder=appearance if (appearance / "config.json").is_file() else None,
         )
         folder = controlnet_folder_of(config, pipeline)
@@ -147,10 +119,15 @@ class VideoToVideoStage(ImageToVideoStage):
 
     @staticmethod
     def conditioning_backbone(denoiser: UNetMotionModel) -> UNetMotionModel:
-        return denoiser.clone(in_channels=denoiser.out_channels, num_class_embeds=None)
+        """The I2V UNet inside (`i2v_unet_from_v2v`): conv_in on the noisy latents alone."""
+        return denoiser.clone(
+            in_channels=denoiser.out_channels, num_class_embeds=None, class_embed_type=None
+        )
 
     def backbone_params(self, unet_params: dict) -> dict:
-        return i2v_unet_params(unet_params, self.denoiser.out_channels)
+        channels = {"in_channels": self.denoiser.in_channels}
+        channels["out_channels"] = self.denoiser.out_channels
+        return i2v_unet_from_v2v(channels, unet_params)[1]
 
     def initial_unet_params(self, sharding) -> dict:
         """A V2V UNet's params as they are, or the I2V UNet's converted."""
