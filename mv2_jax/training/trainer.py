@@ -24,10 +24,11 @@ from mv2_jax.training.random_pipeline import write_random_pipeline
 from mv2_jax.training.state import TrainState, create_state, init_state_on_mesh, state_shardings
 from mv2_jax.training.step import make_train_step
 from mv2_jax.training.t2i import TextToImageStage
+from mv2_jax.training.v2v import VideoToVideoStage
 
 log = logging.getLogger(__name__)
 
-STAGES = {"t2i": TextToImageStage, "i2v": ImageToVideoStage}
+STAGES = {"t2i": TextToImageStage, "i2v": ImageToVideoStage, "v2v": VideoToVideoStage}
 
 
 def check_config(config) -> None:
