@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ml_collections
 
-from mv2_jax.diffusion.low_res import MAX_NOISE_LEVEL
 from mv2_jax.parallel.rules import DEFAULT_RULES
 
 
@@ -66,9 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
     # above switch its key-image conditionings
     c.v2v = ml_collections.ConfigDict()
     c.v2v.scale = 2.0  # the low-res input is the clip resized down by this (to whole latents)
-    # its latents are noise-augmented at a level in [0, this] (the SD x4 upscaler's
-    # `noise_level`, 350; < the UNet's num_class_embeds, 1000)
-    c.v2v.max_noise_level = MAX_NOISE_LEVEL
+    # its latents are noise-augmented at a level in [0, this]: the SD x4 upscaler's 350
+    # (mv2_jax.diffusion.low_res.MAX_NOISE_LEVEL); < the UNet's num_class_embeds (1000)
+    c.v2v.max_noise_level = 350
 
     # ---- diffusion loss
     c.diffusion = ml_collections.ConfigDict()

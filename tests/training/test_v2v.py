@@ -20,6 +20,7 @@ from flax import traverse_util
 from configs.i2v import tiny_model
 from configs.v2v import get_config
 from mv2_jax import load_component
+from mv2_jax.diffusion.low_res import MAX_NOISE_LEVEL
 from mv2_jax.parallel.mesh import make_mesh
 from mv2_jax.training import random_pipeline, restore_params
 from mv2_jax.training.trainer import train
@@ -163,6 +164,7 @@ def test_loss_traces_with_the_conditionings(conditioned_stage):
 
 
 def test_bad_setups_name_the_key(i2v_pipeline, tmp_path):
+    assert get_config("sd15").v2v.max_noise_level == MAX_NOISE_LEVEL  # the x4 upscaler's
     mesh = make_mesh("data:-1")
     cases = {
         r"data\.precomputed_dir": {"data.precomputed_dir": str(tmp_path)},
