@@ -71,7 +71,7 @@ class ImageToVideoStage(LatentDiffusionStage):
         frames = config.data.num_frames
         if not 2 <= frames <= unet.motion_max_seq_length:
             raise ValueError(
-                f"data.num_frames={frames}: the i2v stage trains on clips of 2 to "
+                f"data.num_frames={frames}: the {config.stage} stage trains on clips of 2 to "
                 f"{unet.motion_max_seq_length} frames (the motion modules' motion_max_seq_length)"
             )
         denoiser = unet.clone(

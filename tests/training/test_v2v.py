@@ -39,8 +39,8 @@ SIZE = 16  # target pixels; the tiny VAE halves: 8² latents, from 8² pixels' 4
 
 
 def one_level_i2v_model() -> dict:
-    """configs/i2v.py's tiny model with a one-level UNet (a ResNet, transformer and motion
-    module each way): a third of the two-level UNet's compile time."""
+    """configs/i2v.py's tiny model with a one-level UNet (ResNets and motion modules each way,
+    cross-attention in the mid block only): under half the two-level UNet's step compile."""
     model = tiny_model()
     model["unet"].update(
         block_out_channels=[32],
@@ -123,19 +123,13 @@ def test_spatial_layers_frozen_new_parts_train(trained, i2v_pipeline):
     assert 0 < np.count_nonzero(levels) <= BATCH * STEPS
 
 
-@pytest.fixture(scope="module")
-def conditioned_stage(i2v_pipeline):
-    """The stage with both I2V conditionings on (not trained here)."""
-    config = v2v_config(i2v_pipeline, **{"v2v.max_noise_level": 100})
-    return VideoToVideoStage.from_config(config, i2v_pipeline, make_mesh("data:-1"))
-
-
-def test_starts_as_the_i2v_unet_with_its_conditionings(conditioned_stage, i2v_pipeline):
+def test_starts_as_the_i2v_unet_with_its_conditionings(i2v_pipeline):
     """The initial params: the I2V UNet's inside the V2V UNet's (its conv_in rows for the noisy
     latents, everything else) with zero low-res rows and a zero noise-level table, so the UNet
     computes what the I2V UNet did (tests/weights/test_v2v.py); the appearance encoder is the
     I2V UNet's spatial part and the ControlNet copies its encoder. The loss traces with both."""
-    stage = conditioned_stage
+    config = v2v_config(i2v_pipeline, **{"v2v.max_noise_level": 100})  # both conditionings on
+    stage = VideoToVideoStage.from_config(config, i2v_pipeline, make_mesh("data:-1"))
     params = stage.load_params(jax.tree.map(lambda _: None, stage.param_shapes()))
     _, i2v = load_component(i2v_pipeline / "unet")
     unet = flat(params["unet"])
