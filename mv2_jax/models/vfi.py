@@ -134,8 +134,8 @@ class FrameInterpolator(nn.Module):
 
     frame0, frame1: `[B,H,W,3]` in [0, 1]; t: `[B]` (or a scalar) in (0, 1). H and W must be
     multiples of `size_multiple`. With `return_aux=True` also a dict of `flow` `[B,H,W,4]` (t→0
-    then t→1, pixels), `mask` `[B,H,W,1]` (weight of frame0), and `merged` (the fused frame
-    after each block, for deep supervision)."""
+    then t→1, pixels), `mask` `[B,H,W,1]` (weight of frame0), and per block (for deep
+    supervision) `merged`, the fused frame, and `flows`, the flow so far."""
 
     block_channels: tuple[int, ...] = (96, 64, 48)
     block_scales: tuple[int, ...] = (4, 2, 1)  # each block's input at 1/scale, coarse to fine
@@ -178,7 +178,7 @@ class FrameInterpolator(nn.Module):
         t_map = jnp.broadcast_to(t[:, None, None, None], (b, h, w, 1))
 
         flow = mask = None
-        warped0, warped1, merged = frame0, frame1, []
+        warped0, warped1, merged, flows = frame0, frame1, [], []
         for i, (channels, scale) in enumerate(zip(self.block_channels, self.block_scales)):
             block = IFBlock(channels, self.num_res, self.dtype, self.param_dtype, name=f"block{i}")
             if flow is None:
@@ -191,6 +191,7 @@ class FrameInterpolator(nn.Module):
             warped1 = backward_warp(frame1, flow[..., 2:])
             weight = jax.nn.sigmoid(mask)
             merged.append(weight * warped0 + (1 - weight) * warped1)
+            flows.append(flow)
 
         frame = merged[-1]
         if self.refine_channels:
@@ -201,5 +202,5 @@ class FrameInterpolator(nn.Module):
             frame = frame + refine(jnp.concatenate(inputs, -1))
         frame = jnp.clip(frame, 0.0, 1.0)
         if return_aux:
-            return frame, {"flow": flow, "mask": weight, "merged": merged}
+            return frame, {"flow": flow, "mask": weight, "merged": merged, "flows": flows}
         return frame

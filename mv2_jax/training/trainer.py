@@ -25,10 +25,16 @@ from mv2_jax.training.state import TrainState, create_state, init_state_on_mesh,
 from mv2_jax.training.step import make_train_step
 from mv2_jax.training.t2i import TextToImageStage
 from mv2_jax.training.v2v import VideoToVideoStage
+from mv2_jax.training.vfi import FrameInterpolationStage
 
 log = logging.getLogger(__name__)
 
-STAGES = {"t2i": TextToImageStage, "i2v": ImageToVideoStage, "v2v": VideoToVideoStage}
+STAGES = {
+    "t2i": TextToImageStage,
+    "i2v": ImageToVideoStage,
+    "v2v": VideoToVideoStage,
+    "vfi": FrameInterpolationStage,
+}
 
 
 def check_config(config) -> None:
@@ -41,6 +47,8 @@ def check_config(config) -> None:
             f"batch_size={config.batch_size} must be divisible by processes × grad_accum_steps "
             f"= {jax.process_count()} × {config.grad_accum_steps}"
         )
+    if not uses_pipeline(config):
+        return  # the stage builds its model from the config and makes its own data
     if not (config.model.pipeline or config.model.init):
         raise ValueError("set config.model.pipeline (a pipeline folder) or config.model.init")
     if config.model.pipeline and not Path(config.model.pipeline).is_dir():
@@ -54,6 +62,12 @@ def check_config(config) -> None:
             "no training data: set config.data.image_dir, video_dir or precomputed_dir "
             "(build one with `python -m mv2_jax.data.build --help`)"
         )
+
+
+def uses_pipeline(config) -> bool:
+    """Whether the stage starts from a pipeline folder and reads a dataset (the latent
+    diffusion stages), rather than building its model and data itself (vfi)."""
+    return getattr(STAGES[config.stage], "needs_pipeline", True)
 
 
 def model_folder(config, workdir: Path) -> Path:
@@ -121,7 +135,8 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
     # ---- mesh and model
     mesh = make_mesh(config.mesh)
     rules = tuple(tuple(rule) for rule in config.sharding_rules)
-    stage = STAGES[config.stage].from_config(config, model_folder(config, workdir), mesh)
+    folder = model_folder(config, workdir) if uses_pipeline(config) else None
+    stage = STAGES[config.stage].from_config(config, folder, mesh)
     param_shardings = stage.param_shardings(mesh, rules)
     abstract_params = jax.tree.map(
         lambda s, sharding: jax.ShapeDtypeStruct(s.shape, stage.param_dtype, sharding=sharding),
@@ -134,7 +149,7 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
     consts = jax.device_put(stage.consts, replicated)
 
     # ---- data and state: the newest checkpoint, else a fresh state from the pipeline's params
-    iterator = data_iterator(config)
+    iterator = data_iterator(config) if uses_pipeline(config) else stage.make_data_iterator(config)
     abstract_state = jax.eval_shape(
         lambda p: create_state(p, optimizer, paths, config.seed), abstract_params
     )
