@@ -21,7 +21,7 @@ def vfi_section() -> ml_collections.ConfigDict:
     # FrameInterpolator fields (mv2_jax/models/vfi.py)
     v.model = ml_collections.ConfigDict(
         {"block_channels": (96, 64, 48), "block_scales": (4, 2, 1), "num_res": 4,
-         "refine_channels": 32}
+         "refine_channels": 32, "global_motion": True}
     )  # fmt: skip
     v.discriminator_channels = (32, 64, 128)  # PatchGAN, one stride-2 conv each
     v.max_motion = 12.0  # pixels moved between frame0 and frame1 (camera and object, each)
@@ -53,7 +53,7 @@ def get_config(variant: str = "default"):
     if variant == "tiny":
         config.vfi.model = ml_collections.ConfigDict(
             {"block_channels": (16,), "block_scales": (1,), "num_res": 1,
-             "refine_channels": 8}
+             "refine_channels": 8, "global_motion": True}
         )  # fmt: skip
         config.vfi.discriminator_channels = (8,)
         config.vfi.max_motion = 4.0

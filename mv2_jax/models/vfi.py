@@ -72,6 +72,45 @@ def _upsample_conv(features: int, name: str, dtype, param_dtype) -> nn.ConvTrans
     )
 
 
+def global_shift(frame0: jax.Array, frame1: jax.Array) -> jax.Array:
+    """The dominant translation `[B, 2]` (x, y pixels) of the content from frame0 to frame1,
+    by phase correlation (Kuglin & Hines 1975) of Hann-windowed grey images with a parabolic
+    sub-pixel peak. No gradient: it is a fixed starting point, not a learned one."""
+    frame0, frame1 = jax.lax.stop_gradient(frame0), jax.lax.stop_gradient(frame1)
+    b, h, w, _ = frame0.shape
+    window = jnp.outer(jnp.hanning(h), jnp.hanning(w))
+
+    def spectrum(frame):
+        grey = frame.mean(-1)
+        return jnp.fft.rfft2((grey - grey.mean((1, 2), keepdims=True)) * window)
+
+    cross = spectrum(frame1) * jnp.conj(spectrum(frame0))
+    corr = jnp.fft.irfft2(cross / (jnp.abs(cross) + 1e-9), s=(h, w))  # a peak at the shift
+    peak = jnp.argmax(corr.reshape(b, -1), axis=-1)
+    y, x = peak // w, peak % w
+    rows = jnp.arange(b)
+
+    def refine(at, axis_size, pick):  # parabola through the peak and its two neighbours
+        left, mid, right = (pick((at + d) % axis_size) for d in (-1, 0, 1))
+        curve = left - 2 * mid + right
+        offset = jnp.where(curve < 0, 0.5 * (left - right) / jnp.where(curve < 0, curve, 1), 0)
+        shift = at + jnp.clip(offset, -0.5, 0.5)
+        return jnp.where(shift > axis_size / 2, shift - axis_size, shift)
+
+    dy = refine(y, h, lambda i: corr[rows, i, x])
+    dx = refine(x, w, lambda i: corr[rows, y, i])
+    return jnp.stack([dx, dy], axis=-1)
+
+
+def global_flow(frame0: jax.Array, frame1: jax.Array, t: jax.Array) -> jax.Array:
+    """Flows `[B,H,W,4]` (t→0, t→1) of a pure translation by `global_shift`: content at p at
+    time t was at p − t·d in frame0 and is at p + (1 − t)·d in frame1."""
+    shift = global_shift(frame0, frame1)[:, None, None, :]
+    t = t[:, None, None, None]
+    flow = jnp.concatenate([-t * shift, (1 - t) * shift], axis=-1)
+    return jnp.broadcast_to(flow, (*frame0.shape[:3], 4))
+
+
 class ResConv(nn.Module):
     """`leaky(conv(x) · beta + x)`, beta per channel (RIFE v4's `ResConv`)."""
 
@@ -141,6 +180,9 @@ class FrameInterpolator(nn.Module):
     block_scales: tuple[int, ...] = (4, 2, 1)  # each block's input at 1/scale, coarse to fine
     num_res: int = 4  # residual convs per block (RIFE v4: 8)
     refine_channels: int = 32  # 0: no refinement net
+    # Start from the frames' dominant translation (phase correlation), the blocks then add
+    # residual flows: pans are right before any training, the net learns the rest.
+    global_motion: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -183,6 +225,8 @@ class FrameInterpolator(nn.Module):
             block = IFBlock(channels, self.num_res, self.dtype, self.param_dtype, name=f"block{i}")
             if flow is None:
                 flow, mask = block(jnp.concatenate([frame0, frame1, t_map], -1), None, scale)
+                if self.global_motion:
+                    flow = flow + global_flow(frame0, frame1, t)
             else:
                 x = jnp.concatenate([warped0, warped1, t_map, mask], -1)
                 d_flow, d_mask = block(x, flow, scale)

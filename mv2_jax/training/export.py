@@ -8,7 +8,9 @@ they are) with the trained components written in orbax form beside their `config
 - i2v: `unet/` (the motion UNet), `appearance_encoder/` (a spatial UNet2DConditionModel) and
   `controlnet/` (SparseCtrl RGB) when the run trained them, `_class_name` ImageToVideoPipeline;
 - v2v: the same with the V2V UNet (low-res channels at conv_in, noise-level table) in `unet/`,
-  `_class_name` VideoToVideoPipeline.
+  `_class_name` VideoToVideoPipeline;
+- vfi: no pipeline: the generator alone as a `FrameInterpolator` component folder
+  (`mv2_jax.training.vfi.export_vfi`).
 The EMA weights are exported unless `ema=False`.
 """
 
@@ -74,6 +76,10 @@ def export_pipeline(
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: missing; is {workdir} a train.py workdir?")
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    if config.stage == "vfi":
+        from mv2_jax.training.vfi import export_vfi
+
+        return export_vfi(workdir, out, step, ema)
     pipeline = Path(config.model.pipeline) if config.model.pipeline else workdir / "init_pipeline"
     params = restore_params(workdir, step, ema)
     if config.stage == "t2i":

