@@ -72,6 +72,7 @@ def rife_to_vfi(state: Mapping[str, np.ndarray]) -> tuple[dict, dict[str, np.nda
         "block_scales": [2 ** (len(blocks) - 1 - i) for i in range(len(blocks))],
         "num_res": num_res.pop(),
         "refine_channels": 0,
+        "global_motion": False,  # RIFE's first block starts from zero flow
     }
     return config, converted
 
