@@ -1,6 +1,7 @@
 """×3 frame interpolation quality on photographs the training never saw: PSNR (and SSIM) of
 the two new frames (t = 1/3, 2/3) against the truth, for the shipped `FrameInterpolator`, the
-linear blend of the neighbours and the nearest neighbour, in one table.
+same architecture untrained (with `global_motion`: the phase-correlation translation alone),
+the linear blend of the neighbours and the nearest neighbour, in one table.
 
 Clips: random crops of the held-out scikit-image photographs (`HELDOUT_PHOTOS` in
 mv2_jax/data/motion_clips.py: rocket, brick, motorcycle) under a camera pan of a given length
@@ -65,22 +66,29 @@ def main() -> None:
     import mv2_jax
 
     model, params = mv2_jax.load_component(args.model)
-    interpolate = jax.jit(lambda f0, f1, t: model.apply({"params": params}, f0, f1, t))
+    interpolate = jax.jit(lambda p, f0, f1, t: model.apply({"params": p}, f0, f1, t))
+    # The same architecture untrained: its zero-initialised heads leave only the phase-
+    # correlation translation (with `global_motion`) and the 50/50 mask.
+    frame = jnp.zeros((1, model.size_multiple, model.size_multiple, 3))
+    untrained = jax.jit(model.init)(jax.random.key(0, impl="rbg"), frame, frame, jnp.ones(1) / 2)
+    methods = {"model": params, "untrained": untrained["params"]}
     cases = [(m, 1.0) for m in args.motions] + [(m, args.zoom) for m in args.motions[1:3]]
     rows, totals = [], {}
     rng = np.random.default_rng(args.seed)
     shape = (args.size, args.size)
     for motion, zoom in cases:
-        scores: dict[str, list[tuple[float, float]]] = {"model": [], "blend": [], "nearest": []}
+        scores: dict[str, list] = {"model": [], "untrained": [], "blend": [], "nearest": []}
         for _ in range(args.clips):
             clip = heldout_clip(rng, args.size, motion, zoom)
             f0, f1 = clip.render(0.0, shape), clip.render(1.0, shape)
             pair = jnp.asarray(np.stack([f0, f0])), jnp.asarray(np.stack([f1, f1]))
-            made = np.asarray(interpolate(*pair, jnp.asarray(TIMES, jnp.float32)))
+            times = jnp.asarray(TIMES, jnp.float32)
+            made = {n: np.asarray(interpolate(p, *pair, times)) for n, p in methods.items()}
             for k, t in enumerate(TIMES):
                 truth = clip.render(t, shape)
-                guesses = {"model": made[k], "blend": (1 - t) * f0 + t * f1,
-                           "nearest": f0 if t < 0.5 else f1}  # fmt: skip
+                guesses = {name: made[name][k] for name in methods}
+                guesses["blend"] = (1 - t) * f0 + t * f1
+                guesses["nearest"] = f0 if t < 0.5 else f1
                 for name, guess in guesses.items():
                     scores[name].append((psnr(guess, truth), ssim(guess, truth)))
         label = f"pan {motion:g} px" + (f" + zoom ×{zoom:g}" if zoom != 1 else "")
@@ -96,8 +104,8 @@ def main() -> None:
                  *(f"{overall[n][1]:.3f}" for n in overall)])  # fmt: skip
     print(machine())
     print(f"model {args.model}; {args.size}² frames, {args.clips} clips per row × t = 1/3, 2/3")
-    header = ["motion between keyframes", "model PSNR", "blend PSNR", "nearest PSNR",
-              "model − blend dB", "model SSIM", "blend SSIM", "nearest SSIM"]  # fmt: skip
+    header = ["motion between keyframes", *(f"{n} PSNR" for n in scores), "model − blend dB",
+              *(f"{n} SSIM" for n in scores)]  # fmt: skip
     print(table(header, rows))
 
 
