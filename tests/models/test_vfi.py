@@ -99,7 +99,7 @@ def test_ifblock_matches_a_pytorch_rife_block():
     params = _randomised(shapes, scale=0.2)
     flow_out, mask_out = jax.jit(lambda p: block.apply({"params": p}, x, flow, 2))(params)
 
-    w = {k: torch.from_numpy(v) for k, v in vfi_state_dict(params).items()}
+    w = {k: torch.from_numpy(v.copy()) for k, v in vfi_state_dict(params).items()}
     lrelu = lambda v: F.leaky_relu(v, 0.2)  # noqa: E731
     resize = lambda v, f: F.interpolate(v, scale_factor=f, mode="bilinear", align_corners=False)  # noqa: E731
     tx, tflow = (torch.from_numpy(np.asarray(a)).permute(0, 3, 1, 2) for a in (x, flow))
@@ -134,7 +134,7 @@ def test_component_folder_round_trip(small, tmp_path):
     assert state["block0.convblock.0.beta"].shape == (16,)
 
 
-def test_global_motion_starts_from_the_pan():
+def test_global_motion_starts_from_the_pan(small):
     """Phase correlation finds a sub-pixel pan; a new model with `global_motion` then warps by
     it, so on a pure pan it is near the truth before any training (the blend is not)."""
     photo = np.random.default_rng(5).random((96, 96, 3), np.float32)  # white noise: textured
@@ -143,8 +143,8 @@ def test_global_motion_starts_from_the_pan():
     photo = jnp.asarray(ndimage.gaussian_filter(photo, (1.0, 1.0, 0)))
     frame0, frame1 = photo[None, 16:48, 16:48], photo[None, 13:45, 22:54]  # content moves (-6, 3)
     np.testing.assert_allclose(global_shift(frame0, frame1)[0], [-6, 3], atol=0.1)
-    model = FrameInterpolator(**SMALL, global_motion=True)
-    params = jax.jit(model.init)(_key(0), frame0, frame1, jnp.full((1,), 0.5))["params"]
+    model = FrameInterpolator(**SMALL, global_motion=True)  # the same params as without
+    params = small[1]
     middle = _run(model, params, frame0, frame1, 1 / 3)
     truth = photo[None, 15:47, 18:50]
     inner = (slice(None), slice(4, -4), slice(4, -4))
