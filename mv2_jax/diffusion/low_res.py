@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from mv2_jax.diffusion.schedules import alphas_cumprod, make_betas
-from mv2_jax.training.losses import noisy_and_target
 
 # The SD x4 upscaler's defaults: levels drawn from [0, 350] in training, 1000 table entries.
 MAX_NOISE_LEVEL = 350
@@ -49,8 +48,7 @@ def noise_augment(
     if alphas_cumprod is None:
         alphas_cumprod = noise_level_alphas_cumprod()
     levels = jnp.broadcast_to(jnp.asarray(noise_level, jnp.int32).reshape(-1), latents.shape[:1])
-    table = jnp.asarray(alphas_cumprod, jnp.float32)
-    noisy, _ = noisy_and_target(
-        latents.astype(jnp.float32), noise.astype(jnp.float32), levels, table, "epsilon"
-    )
+    # (Ho et al. 2020, eq. 4; not training.losses' copy, so that sampling needs no training deps)
+    a = jnp.asarray(alphas_cumprod, jnp.float32)[levels].reshape(-1, *(1,) * (latents.ndim - 1))
+    noisy = jnp.sqrt(a) * latents.astype(jnp.float32) + jnp.sqrt(1 - a) * noise.astype(jnp.float32)
     return noisy.astype(latents.dtype)
