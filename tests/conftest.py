@@ -16,3 +16,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402  (XLA_FLAGS must be set before jax initialises)
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules holding slow tests run first. With `-n 2 --dist loadfile` each module goes whole
+    to one worker in collection order, so a long module left for the end keeps one worker busy
+    while the other idles; the many short modules fill in behind the long ones instead."""
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)

@@ -70,6 +70,7 @@ def test_missing_input_is_named(capsys, no_loading, video_folder, tmp_path):  # 
     assert "no such file or folder; pass the low-res video" in error
 
 
+@pytest.mark.slow
 def test_v2v_end_to_end_on_a_tiny_pipeline(tmp_path, frames, capsys):
     pytest.importorskip("torch")
     from tests.pipelines.tiny import tiny_animatediff_pipeline

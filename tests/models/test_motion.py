@@ -15,7 +15,7 @@ from mv2_jax.models.motion import UNetMotionModel  # noqa: E402
 from mv2_jax.weights.motion import load_motion_unet  # noqa: E402
 from tests.reference import randomize_, relative_error  # noqa: E402
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 BASE = dict(
     block_out_channels=(16, 32),

@@ -22,7 +22,7 @@ from mv2_jax.pipelines.vfi import FrameInterpolationPipeline
 from tests.pipelines.tiny import tiny_animatediff_pipeline
 from tests.weights.tiny_models import tiny_pipeline
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 T2I = StageSettings(steps=2, height=16, width=16, seed=1)
 I2V = StageSettings(steps=2, height=16, width=16, seed=2, scheduler="ddim")

@@ -19,7 +19,7 @@ from mv2_jax.pipelines.i2v import ImageToVideoPipeline, ImageVideoRequest  # noq
 from mv2_jax.weights.controlnet import controlnet_from_unet  # noqa: E402
 from tests.pipelines.tiny import tiny_animatediff_pipeline  # noqa: E402
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 CALL = dict(num_inference_steps=2, num_frames=3, height=16, width=16, scheduler="ddim")
 OFF = dict(reference_scale=None, controlnet_scale=None, ip_adapter_scale=None, noise_prior="none")

@@ -26,7 +26,7 @@ from mv2_jax.weights.v2v import v2v_unet_from_i2v  # noqa: E402
 from tests.pipelines.tiny import tiny_animatediff_pipeline  # noqa: E402
 from tests.reference import relative_error  # noqa: E402
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 # conditionings of the I2V stage off (they are I2V's tests); 3 frames, 8² → 16²
 CALL = dict(num_inference_steps=2, height=16, width=16, scheduler="ddim", reference_scale=None,

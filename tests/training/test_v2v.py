@@ -32,6 +32,8 @@ from mv2_jax.weights.registry import param_shapes
 from mv2_jax.weights.v2v import i2v_unet_from_v2v
 from tests.training.conftest import with_overrides
 
+pytestmark = pytest.mark.slow  # one tiny training run (~40 s)
+
 STEPS = 6
 FRAMES = 2
 BATCH = 8  # one clip per simulated device

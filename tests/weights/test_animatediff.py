@@ -26,7 +26,7 @@ from mv2_jax.weights.safetensors_io import read_weights_folder  # noqa: E402
 from tests.pipelines.tiny import tiny_motion_adapter  # noqa: E402
 from tests.weights.tiny_models import load_cli, tiny_pipeline, tiny_unet  # noqa: E402
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 # Three blocks, as diffusers' version detection reads `up_blocks.2` (SDXL beta test).
 THREE_BLOCKS = dict(

@@ -25,7 +25,7 @@ from mv2_jax.weights.load import read_config  # noqa: E402
 from mv2_jax.weights.v2v import v2v_unet_from_i2v  # noqa: E402
 from tests.reference import randomize_, relative_error  # noqa: E402
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 I2V = dict(
     block_out_channels=(16, 32),
