@@ -9,6 +9,8 @@ import os
 import platform
 import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -18,6 +20,18 @@ from pathlib import Path
 import jax
 
 CACHE = Path(os.environ.get("MV2_BENCH_CACHE", Path.home() / ".cache" / "mv2_jax_bench"))
+
+
+def run_worker(script: str, kind: str, flags: dict[str, object]) -> dict:
+    """Run `python script --worker kind --flag value ...` in its own process (so that its peak
+    memory is its own) and return the JSON dict it prints last, or `{"error": ...}`."""
+    cmd = [sys.executable, script, "--worker", kind]
+    for flag, value in flags.items():
+        cmd += [f"--{flag.replace('_', '-')}", str(value)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # stderr: progress
+    if proc.returncode != 0:
+        return {"error": f"worker exited with {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE, machine, median, peak_rss_gb, table, timed
+from common import CACHE, machine, median, peak_rss_gb, run_worker, table, timed
 
 FOLDER = CACHE / "i2v_motion_unet"
 IP_ADAPTER = CACHE / "i2v_ip_adapter.safetensors"
@@ -257,15 +256,6 @@ def conditionings_worker(size: int, frames: int, runs: int) -> dict:
 WORKERS = {"torch": torch_worker, "jax": jax_worker, "conditionings": conditionings_worker}
 
 
-def in_subprocess(kind: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind]
-    cmd += ["--size", str(args.size), "--frames", str(args.frames), "--runs", str(args.runs)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # stderr: progress
-    if proc.returncode != 0:
-        return {"error": f"worker exited with {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def report_frameworks(results: dict) -> None:
     t_torch = median(results["torch"]["seconds"]) if "seconds" in results.get("torch", {}) else None
     rows = []
@@ -365,7 +355,9 @@ def main(argv=None) -> None:
     kinds = [args.only] if args.only else list(KINDS)
     results = {}
     for kind in kinds:  # one at a time; each result printed as soon as it is in
-        results[kind] = in_subprocess(kind, args)
+        results[kind] = run_worker(
+            __file__, kind, {f: getattr(args, f) for f in ("size", "frames", "runs")}
+        )
         print(f"{kind}: {json.dumps(results[kind])}", flush=True)
     shape = f"{args.size}² × {args.frames} frames (latents [1,{args.frames},{args.size // 8},"
     print(f"\n## I2V step: SD1.5 + AnimateDiff motion UNet, {shape}{args.size // 8},4]), fp32")

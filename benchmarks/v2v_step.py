@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, median, peak_rss_gb, table, timed
+from common import machine, median, peak_rss_gb, run_worker, table, timed
 from i2v_step import CONTEXT_DIM, FOLDER, compile_timed, prepare, timed_runs
 
 KINDS = ("torch", "jax", "memory")
@@ -171,14 +170,7 @@ def memory_worker(size: int, frames: int, low_res: int, chunk: int) -> dict:
     )
 
 
-def in_subprocess(kind: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind]
-    for flag in ("size", "frames", "runs", "memory_size", "memory_frames", "low_res", "chunk"):
-        cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # stderr: progress
-    if proc.returncode != 0:
-        return {"error": f"worker exited with {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+WORKER_FLAGS = ("size", "frames", "runs", "memory_size", "memory_frames", "low_res", "chunk")
 
 
 def report_step(results: dict) -> None:
@@ -258,7 +250,7 @@ def main(argv=None) -> None:
     prepare()
     results = {}
     for kind in [args.only] if args.only else list(KINDS):
-        results[kind] = in_subprocess(kind, args)
+        results[kind] = run_worker(__file__, kind, {f: getattr(args, f) for f in WORKER_FLAGS})
         print(f"{kind}: {json.dumps(results[kind])}", flush=True)
     print(f"\nmachine: {machine()}")
     if "torch" in results or "jax" in results:
