@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import shutil
 import sys
@@ -30,6 +31,14 @@ import ml_collections
 from mv2_jax.training.checkpoint import restore_params
 from mv2_jax.weights.convert import write_component
 from mv2_jax.weights.load import read_config
+
+# Stages that are not a pipeline built on config.model.pipeline write their own folder:
+# `export(workdir, out, step, ema) -> out`, imported when asked for.
+OWN_EXPORTERS = {
+    "vfi": "mv2_jax.training.vfi:export_vfi",
+    "vae": "mv2_jax.training.vae:export_vae",
+    "clip": "mv2_jax.training.clip:export_clip",
+}
 
 # The pipeline class of an exported video run (`model_index.json`'s `_class_name`).
 VIDEO_PIPELINES = {"i2v": "ImageToVideoPipeline", "v2v": "VideoToVideoPipeline"}
@@ -76,10 +85,9 @@ def export_pipeline(
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: missing; is {workdir} a train.py workdir?")
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    if config.stage == "vfi":
-        from mv2_jax.training.vfi import export_vfi
-
-        return export_vfi(workdir, out, step, ema)
+    if config.stage in OWN_EXPORTERS:
+        module, function = OWN_EXPORTERS[config.stage].split(":")
+        return getattr(importlib.import_module(module), function)(workdir, out, step, ema)
     pipeline = Path(config.model.pipeline) if config.model.pipeline else workdir / "init_pipeline"
     params = restore_params(workdir, step, ema)
     if config.stage == "t2i":

@@ -20,7 +20,7 @@ from mv2_jax.parallel.mesh import make_mesh
 
 def precompute(config, workdir: str | Path, out_dir: str | Path, num_examples: int) -> Path:
     from mv2_jax.data import precompute_dataset
-    from mv2_jax.training.trainer import STAGES, check_config, data_iterator, model_folder
+    from mv2_jax.training.trainer import check_config, data_iterator, model_folder, stage_class
 
     if jax.process_count() != 1:
         raise ValueError("precompute in one process: the dataset holds the whole global order")
@@ -29,7 +29,7 @@ def precompute(config, workdir: str | Path, out_dir: str | Path, num_examples: i
     check_config(config)
     workdir = Path(workdir).absolute()
     mesh = make_mesh(config.mesh)
-    stage = STAGES[config.stage].from_config(config, model_folder(config, workdir), mesh)
+    stage = stage_class(config.stage).from_config(config, model_folder(config, workdir), mesh)
     consts = jax.device_put(stage.consts, NamedSharding(mesh, PartitionSpec()))
     encode = jax.jit(stage.encode_for_precompute)
 

@@ -5,6 +5,7 @@ and checkpoints. `train.py` parses the command line and calls `train(config, wor
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 from pathlib import Path
@@ -17,46 +18,55 @@ from tqdm.auto import tqdm
 from mv2_jax.parallel.mesh import make_mesh
 from mv2_jax.parallel.sharding import batch_sharding
 from mv2_jax.training import checkpoint
-from mv2_jax.training.i2v import ImageToVideoStage
 from mv2_jax.training.metrics import MetricsWriter, step_flops
 from mv2_jax.training.optim import learning_rate_schedule, make_optimizer, trainable_paths
 from mv2_jax.training.random_pipeline import write_random_pipeline
 from mv2_jax.training.state import TrainState, create_state, init_state_on_mesh, state_shardings
 from mv2_jax.training.step import make_train_step
-from mv2_jax.training.t2i import TextToImageStage
-from mv2_jax.training.v2v import VideoToVideoStage
-from mv2_jax.training.vfi import FrameInterpolationStage
 
 log = logging.getLogger(__name__)
 
+# config.stage → its class, imported when a run asks for it. A stage class has
+# `from_config(config, pipeline_folder_or_None, mesh)` and the methods listed in
+# mv2_jax/training/stage.py; `needs_pipeline = False` if it builds its model from the config,
+# and `make_data_iterator(config)` if it makes its own data instead of reading config.data.
 STAGES = {
-    "t2i": TextToImageStage,
-    "i2v": ImageToVideoStage,
-    "v2v": VideoToVideoStage,
-    "vfi": FrameInterpolationStage,
+    "t2i": "mv2_jax.training.t2i:TextToImageStage",
+    "i2v": "mv2_jax.training.i2v:ImageToVideoStage",
+    "v2v": "mv2_jax.training.v2v:VideoToVideoStage",
+    "vfi": "mv2_jax.training.vfi:FrameInterpolationStage",
+    "vae": "mv2_jax.training.vae:AutoencoderStage",
+    "clip": "mv2_jax.training.clip:ContrastiveStage",
 }
+
+
+def stage_class(name: str):
+    """The class of stage `name` (see STAGES)."""
+    if name not in STAGES:
+        raise ValueError(f"config.stage={name!r}; choose one of {sorted(STAGES)}")
+    module, cls = STAGES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def check_config(config) -> None:
     """Errors that would otherwise surface minutes later, deep in a trace."""
-    if config.stage not in STAGES:
-        raise ValueError(f"config.stage={config.stage!r}; choose one of {sorted(STAGES)}")
+    cls = stage_class(config.stage)
     per_step = jax.process_count() * config.grad_accum_steps
     if config.batch_size % per_step:
         raise ValueError(
             f"batch_size={config.batch_size} must be divisible by processes × grad_accum_steps "
             f"= {jax.process_count()} × {config.grad_accum_steps}"
         )
-    if not uses_pipeline(config):
-        return  # the stage builds its model from the config and makes its own data
-    if not (config.model.pipeline or config.model.init):
+    if uses_pipeline(config) and not (config.model.pipeline or config.model.init):
         raise ValueError("set config.model.pipeline (a pipeline folder) or config.model.init")
-    if config.model.pipeline and not Path(config.model.pipeline).is_dir():
+    if uses_pipeline(config) and config.model.pipeline and not Path(config.model.pipeline).is_dir():
         raise FileNotFoundError(
             f"config.model.pipeline={config.model.pipeline!r}: no such folder (a diffusers "
             "pipeline folder, or one written by convert/to_flax.py)"
         )
     d = config.data
+    if hasattr(cls, "make_data_iterator"):
+        return  # the stage makes its own data
     if not (d.video_dir or d.image_dir or d.precomputed_dir):
         raise ValueError(
             "no training data: set config.data.image_dir, video_dir or precomputed_dir "
@@ -65,9 +75,9 @@ def check_config(config) -> None:
 
 
 def uses_pipeline(config) -> bool:
-    """Whether the stage starts from a pipeline folder and reads a dataset (the latent
-    diffusion stages), rather than building its model and data itself (vfi)."""
-    return getattr(STAGES[config.stage], "needs_pipeline", True)
+    """Whether the stage starts from a pipeline folder (the latent diffusion stages), rather
+    than building its model from the config (vfi, vae, clip)."""
+    return getattr(stage_class(config.stage), "needs_pipeline", True)
 
 
 def model_folder(config, workdir: Path) -> Path:
@@ -136,7 +146,7 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
     mesh = make_mesh(config.mesh)
     rules = tuple(tuple(rule) for rule in config.sharding_rules)
     folder = model_folder(config, workdir) if uses_pipeline(config) else None
-    stage = STAGES[config.stage].from_config(config, folder, mesh)
+    stage = stage_class(config.stage).from_config(config, folder, mesh)
     param_shardings = stage.param_shardings(mesh, rules)
     abstract_params = jax.tree.map(
         lambda s, sharding: jax.ShapeDtypeStruct(s.shape, stage.param_dtype, sharding=sharding),
@@ -149,7 +159,8 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
     consts = jax.device_put(stage.consts, replicated)
 
     # ---- data and state: the newest checkpoint, else a fresh state from the pipeline's params
-    iterator = data_iterator(config) if uses_pipeline(config) else stage.make_data_iterator(config)
+    own_data = getattr(stage, "make_data_iterator", None)
+    iterator = own_data(config) if own_data else data_iterator(config)
     abstract_state = jax.eval_shape(
         lambda p: create_state(p, optimizer, paths, config.seed), abstract_params
     )
