@@ -4,13 +4,15 @@
     python train.py --config configs/t2i.py:sd15  --workdir runs/sd15  --config.model.pipeline=SD15
     python train.py --config configs/t2i.py:sdxl  --workdir runs/sdxl  --config.model.pipeline=SDXL
 
-Variants: `tiny` (random init of the small model below: seconds per step on a CPU), `sd15`
+Variants: `tiny` (random init of the small model below: seconds per step on a CPU), `shapes`
+(the shapes world's shipped model, configs/shapes.py and docs/shapes.md), `sd15`
 (512², from a diffusers or converted SD1.5 folder), `sdxl` (1024², SDXL base folder). Every key
 is documented in configs/common.py.
 """
 
 from __future__ import annotations
 
+from configs import shapes
 from configs.common import base_config
 
 
@@ -76,6 +78,18 @@ def get_config(variant: str = "tiny"):
         config.checkpoint_every = 50
         config.ema_decay = 0.99
         config.compute_dtype = "float32"
+    elif variant == "shapes":  # the shipped shapes-world model (configs/shapes.py)
+        config.model.init = shapes.text_to_image_model()
+        config.data.image_dir = shapes.DATA["image64"]
+        config.data.height = config.data.width = 64
+        config.batch_size = 32
+        config.lr = 5e-4
+        config.warmup_steps = 100
+        config.total_steps = 4000
+        config.checkpoint_every = 250
+        config.log_every = 25
+        config.ema_decay = 0.999
+        config.compute_dtype = "float32"  # bf16 matmuls are slower than fp32 on XLA:CPU
     elif variant == "sd15":
         config.data.height = config.data.width = 512
         config.batch_size = 32
@@ -93,5 +107,7 @@ def get_config(variant: str = "tiny"):
         config.remat_policy = "full"
         config.mesh = "fsdp:-1"
     else:
-        raise ValueError(f"configs/t2i.py: unknown variant {variant!r}; choose tiny, sd15 or sdxl")
+        raise ValueError(
+            f"configs/t2i.py: unknown variant {variant!r}; choose tiny, shapes, sd15 or sdxl"
+        )
     return config

@@ -8,6 +8,7 @@ the result loads with `mv2_jax.load_pipeline`.
 from __future__ import annotations
 
 import json
+import shutil
 import string
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mv2_jax.weights.convert import write_component
-from mv2_jax.weights.load import build_module
+from mv2_jax.weights.load import build_module, read_config
 
 # Lower-case text is all CLIP's tokenizer passes on; every character is a token on its own
 # (mid-word) and with the end-of-word mark, so no merges are needed.
@@ -57,21 +58,34 @@ def _random_component(config: Mapping[str, Any], seed: int, out: Path) -> None:
 
 def write_random_pipeline(model: Mapping[str, Any], folder: Path, seed: int) -> Path:
     """A `StableDiffusionPipeline`-layout folder from the `model` config section: `unet`, `vae`,
-    `text_encoder` (configs with `_class_name` / `architectures`) and `scheduler`
-    (a `scheduler_config.json` dict), random weights from `seed`, and a character tokenizer.
-    With a `UNetMotionModel` unet it is an `AnimateDiffPipeline` (same layout)."""
+    `text_encoder` (configs with `_class_name` / `architectures`: random weights from `seed`;
+    or the path of a trained component folder, copied as it is), `scheduler` (a
+    `scheduler_config.json` dict) and `tokenizer` (a tokenizer folder; default: a character
+    tokenizer). With a `UNetMotionModel` unet it is an `AnimateDiffPipeline` (same layout)."""
     folder = Path(folder)
-    components = {"unet": 0, "vae": 1, "text_encoder": 2}
-    # a motion UNet makes it an AnimateDiff pipeline (the I2V stage's init)
-    video = model["unet"].get("_class_name") == "UNetMotionModel"
+    unet = model["unet"]
+    video = not isinstance(unet, str) and unet.get("_class_name") == "UNetMotionModel"
     pipeline_class = "AnimateDiffPipeline" if video else "StableDiffusionPipeline"
     index = {"_class_name": pipeline_class, "_diffusers_version": "0.42.1"}
-    for name, offset in components.items():
-        config = dict(model[name])
-        _random_component(config, seed + offset, folder / name)
+    names = ("unet", "vae", "text_encoder")
+    for name in (*names, "tokenizer"):  # before minutes of random init
+        if isinstance(model.get(name), str) and not Path(model[name]).is_dir():
+            raise FileNotFoundError(
+                f"config.model.init.{name}={model[name]!r}: no such folder (a component folder "
+                "written by `python -m mv2_jax.training.export`, or a component config dict)"
+            )
+    for offset, name in enumerate(names):
+        if isinstance(model[name], str):
+            config = _copy_folder(Path(model[name]), folder / name, name)
+        else:
+            config = dict(model[name])
+            _random_component(config, seed + offset, folder / name)
         library = "transformers" if "architectures" in config else "diffusers"
         index[name] = [library, config.get("_class_name") or config["architectures"][0]]
-    write_char_tokenizer(folder / "tokenizer", model.get("max_text_length", 77))
+    if model.get("tokenizer"):
+        _copy_folder(Path(model["tokenizer"]), folder / "tokenizer", "tokenizer")
+    else:
+        write_char_tokenizer(folder / "tokenizer", model.get("max_text_length", 77))
     index["tokenizer"] = ["transformers", "CLIPTokenizer"]
     scheduler = dict(model["scheduler"])
     (folder / "scheduler").mkdir(parents=True, exist_ok=True)
@@ -79,3 +93,9 @@ def write_random_pipeline(model: Mapping[str, Any], folder: Path, seed: int) -> 
     index["scheduler"] = ["diffusers", scheduler["_class_name"]]
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder
+
+
+def _copy_folder(src: Path, dst: Path, name: str) -> dict:
+    """Copy a trained component (or tokenizer) folder; its config, `{}` for a tokenizer."""
+    shutil.copytree(src, dst)
+    return read_config(dst) if name != "tokenizer" else {}

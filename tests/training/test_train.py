@@ -10,8 +10,11 @@ import jax
 import numpy as np
 import pytest
 
+from configs.t2i import tiny_model
 from mv2_jax.training import restore_params
+from mv2_jax.training.random_pipeline import write_random_pipeline
 from mv2_jax.training.trainer import train
+from mv2_jax.weights.load import load_component
 from tests.training.conftest import tiny_config
 
 STEPS = 30
@@ -136,3 +139,33 @@ def test_starts_from_a_diffusers_pipeline_folder(image_data, tmp_path):
     train(config, tmp_path / "run")
     _, expected = load_component(folder / "unet")
     jax.tree.map(np.testing.assert_array_equal, restore_params(tmp_path / "run"), expected)
+
+
+# ---- a from-scratch pipeline folder can take trained components next to random ones
+
+
+def test_trained_components_are_copied_and_the_rest_initialised(init_pipeline, tmp_path):
+    model = tiny_model() | {
+        name: str(init_pipeline / name) for name in ("unet", "vae", "tokenizer")
+    }
+    folder = write_random_pipeline(model, tmp_path / "pipeline", seed=5)
+
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
+    for name in ("unet", "vae"):
+        trained, copied = (load_component(f / name)[1] for f in (init_pipeline, folder))
+        jax.tree.map(np.testing.assert_array_equal, trained, copied)
+    vocab = (init_pipeline / "tokenizer" / "vocab.json").read_bytes()
+    assert (folder / "tokenizer" / "vocab.json").read_bytes() == vocab
+    # the text encoder is new: random weights from seed 5 (the fixture's are from seed 0)
+    new, old = (load_component(f / "text_encoder")[1] for f in (folder, init_pipeline))
+    assert jax.tree.structure(new) == jax.tree.structure(old)
+    assert not np.array_equal(jax.tree.leaves(new)[0], jax.tree.leaves(old)[0])
+
+
+def test_a_missing_component_folder_is_named_before_any_init(tmp_path):
+    model = tiny_model() | {"tokenizer": str(tmp_path / "nowhere")}
+    with pytest.raises(FileNotFoundError, match=r"config.model.init.tokenizer=.*nowhere.*no such"):
+        write_random_pipeline(model, tmp_path / "out", seed=0)
+    assert not (tmp_path / "out").exists()
