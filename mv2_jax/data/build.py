@@ -3,6 +3,8 @@
     python -m mv2_jax.data.build video --videos-dir clips/ --manifest clips.csv --data-dir data/
     python -m mv2_jax.data.build image --images-dir imgs/ --manifest caps.jsonl --data-dir data/
     python -m mv2_jax.data.build image --parquet laion.parquet --data-dir data/
+    python -m mv2_jax.data.build shapes --form video --num-examples 20000 --size 128 \
+        --num-frames 8 --seed 0 --data-dir data/shapes_video      (the shapes world, issue 7)
 
 Usage errors (missing folder or manifest, missing columns, …) print one line and exit 2.
 """
@@ -39,9 +41,24 @@ def parser() -> argparse.ArgumentParser:
     image.add_argument(
         "--parquet", help="parquet file with columns `image` (bytes) and `caption` instead"
     )
-    for command in (video, image):
+    shapes = sub.add_parser(
+        "shapes",
+        help="shapes-world clips (mv2_jax.data.shapes) → <data-dir>/video_text/1.0.0 or "
+        "<data-dir>/image_text/1.0.0",
+    )
+    shapes.add_argument(
+        "--form", choices=("video", "image"), default="video", help="clips, or their first frames"
+    )
+    shapes.add_argument("--num-examples", type=int, default=20000, help="examples to write")
+    shapes.add_argument("--size", type=int, default=128, help="frame side in pixels")
+    shapes.add_argument("--num-frames", type=int, default=8, help="frames per clip")
+    shapes.add_argument("--seed", type=int, default=0, help="example i is a function of (seed, i)")
+    shapes.add_argument(
+        "--workers", type=int, default=1, help="processes rendering and encoding (default 1)"
+    )
+    for command in (video, image, shapes):
         command.add_argument(
-            "--data-dir", required=True, help="tfds data_dir to write the dataset into"
+            "--data-dir", "--out", required=True, help="tfds data_dir to write the dataset into"
         )
         command.add_argument(
             "--overwrite", action="store_true", help="replace a dataset already in --data-dir"
@@ -55,7 +72,20 @@ def main(argv: list[str] | None = None) -> int:
     from mv2_jax.data.builders import build_image_dataset, build_video_dataset
 
     try:
-        if args.kind == "video":
+        if args.kind == "shapes":
+            from mv2_jax.data.shapes_dataset import build_shapes_dataset
+
+            folder = build_shapes_dataset(
+                args.data_dir,
+                form=args.form,
+                num_examples=args.num_examples,
+                size=args.size,
+                num_frames=args.num_frames,
+                seed=args.seed,
+                workers=args.workers,
+                overwrite=args.overwrite,
+            )
+        elif args.kind == "video":
             folder = build_video_dataset(
                 args.videos_dir, args.manifest, args.data_dir, overwrite=args.overwrite
             )
