@@ -48,7 +48,7 @@ HELDOUT = frozenset({("magenta", "triangle"), ("cyan", "square"), ("yellow", "ci
 NUM_FRAMES = 8  # the clip length the travel range below is meant for
 SIZE_RANGE = (0.22, 0.38)  # object extent, fraction of the frame side
 TRAVEL_RANGE = (0.25, 0.45)  # distance covered from the first to the last frame
-_MARGIN = 0.01  # keeps anti-aliased edges off the border
+_MARGIN = 0.02  # keeps anti-aliased edges off the border pixels (from 32² up)
 _DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 _TEXTURE_WAVES = 4
 

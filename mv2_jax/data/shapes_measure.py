@@ -82,8 +82,7 @@ def measure(frames) -> Measurement:
         frames = frames[None]
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames: expected [F, H, W, 3], got shape {frames.shape}")
-    smooth = ndimage.gaussian_filter(frames, (0, _BLUR_SIGMA, _BLUR_SIGMA, 0))
-    found = [_measure_frame(frame, blurred) for frame, blurred in zip(frames, smooth)]
+    found = _foreground(frames)
     seen = [f for f in found if f is not None]
     side = frames.shape[1:3]
     centroids = np.array([f.centroid if f else (np.nan, np.nan) for f in found], np.float64)
@@ -106,26 +105,35 @@ def measure(frames) -> Measurement:
     )
 
 
-def _measure_frame(frame: np.ndarray, smooth: np.ndarray) -> _Frame | None:
-    """`smooth` is the blurred frame, which finds the foreground; its colour is read from the
-    frame itself."""
+def _foreground(frames: np.ndarray) -> list[_Frame | None]:
+    """Each frame's foreground (None where there is none), found on the blurred frames; the
+    colour is read from the frames themselves."""
+    smooth = ndimage.gaussian_filter(frames, (0, _BLUR_SIGMA, _BLUR_SIGMA, 0))
+    distance = np.linalg.norm(smooth - _border_colours(smooth)[:, None, None], axis=-1)
+    contrast = np.percentile(distance.reshape(len(frames), -1), 99, axis=1)
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)  # components never span frames
+    labels, _ = ndimage.label(distance > contrast[:, None, None] / 2, structure=in_plane)
+    return [
+        _component(*args) if args[3] >= MIN_CONTRAST else None
+        for args in zip(frames, labels, distance, contrast)
+    ]
+
+
+def _component(frame, labels, distance, contrast) -> _Frame | None:
+    """The largest connected component of one frame's `labels`, if it is not tiny."""
     height, width, _ = frame.shape
-    distance = np.linalg.norm(smooth - _border_colour(smooth), axis=-1)
-    contrast = float(np.percentile(distance, 99))
-    if contrast < MIN_CONTRAST:
+    ids = labels[labels > 0]
+    if ids.size == 0:
         return None
-    labels, count = ndimage.label(distance > contrast / 2)
-    if count == 0:
-        return None
-    areas = np.bincount(labels.ravel())[1:]
-    biggest = int(np.argmax(areas)) + 1
-    if areas[biggest - 1] < MIN_AREA * height * width:
+    counts = np.bincount(ids)
+    biggest = int(np.argmax(counts))
+    if counts[biggest] < MIN_AREA * height * width:
         return None
     mask = labels == biggest
     ys, xs = np.nonzero(mask)
     core = mask & (distance >= 0.75 * contrast)
-    top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    box = mask[top:bottom, left:right]
+    box = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     return _Frame(
         centroid=(float(xs.mean()) + 0.5, float(ys.mean()) + 0.5),
         colour=frame[core if core.any() else mask].mean(axis=0),
@@ -134,17 +142,20 @@ def _measure_frame(frame: np.ndarray, smooth: np.ndarray) -> _Frame | None:
     )
 
 
-def _border_colour(frame: np.ndarray) -> np.ndarray:
-    ring = max(1, round(0.03 * min(frame.shape[:2])))
+def _border_colours(frames: np.ndarray) -> np.ndarray:
+    """Per frame `[F, 3]`: the median colour of a ring 3% of the side wide along the border."""
+    ring = max(1, round(0.03 * min(frames.shape[1:3])))
+    count = len(frames)
     border = np.concatenate(
         [
-            frame[:ring].reshape(-1, 3),
-            frame[-ring:].reshape(-1, 3),
-            frame[:, :ring].reshape(-1, 3),
-            frame[:, -ring:].reshape(-1, 3),
-        ]
+            frames[:, :ring].reshape(count, -1, 3),
+            frames[:, -ring:].reshape(count, -1, 3),
+            frames[:, :, :ring].reshape(count, -1, 3),
+            frames[:, :, -ring:].reshape(count, -1, 3),
+        ],
+        axis=1,
     )
-    return np.median(border, axis=0)
+    return np.median(border, axis=1)
 
 
 def _row_profile(box: np.ndarray) -> np.ndarray:
