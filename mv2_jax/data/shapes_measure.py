@@ -13,10 +13,11 @@ Per frame (after a 1-px Gaussian blur against noise):
   `MIN_CONTRAST` or the component is tiny;
 - colour: the mean of the foreground's core (distance ≥ 3/4 of the contrast), named by
   saturation (below `WHITE_SATURATION`: white) and otherwise by the nearest palette hue;
-- shape: the row-width profile of the component in its bounding box, top to bottom (square:
-  constant, circle: a half-ellipse, upright triangle: growing linearly), compared with the
-  three templates (leaving out the top and bottom bins, whose pixel rows depend on sub-pixel
-  position); its fill ratio (square 1, circle π/4, triangle 1/2) is reported too;
+- shape: from the row-width profile of the component in its bounding box, top to bottom
+  (square: constant, circle: a half-ellipse, upright triangle: growing linearly): a triangle
+  when the area is unbalanced between the box's top and bottom halves (1/4 : 3/4), else the
+  nearer of the circle and square templates; its fill ratio (square 1, circle π/4, triangle
+  1/2) is reported too;
 - motion: a straight line fitted to the centroids over time; its travel from the first to
   the last frame names the direction, or "none" below `MIN_TRAVEL` of the frame side.
 
@@ -37,6 +38,7 @@ from mv2_jax.data.shapes import COLOURS
 MIN_CONTRAST = 0.2  # colour distance object ↔ background below which nothing is found
 MIN_AREA = 0.004  # smallest foreground component, fraction of the frame
 WHITE_SATURATION = 0.35  # (max − min) / max of the object's colour below this: white
+TRIANGLE_IMBALANCE = 0.085  # |top-half share of the area − 1/2| above this: a triangle
 MIN_TRAVEL = 0.05  # centroid travel (fraction of the side) below which the motion is "none"
 _PROFILE_BINS = 16
 _BLUR_SIGMA = 1.0  # pixels
@@ -167,19 +169,21 @@ def _row_profile(box: np.ndarray) -> np.ndarray:
 
 def _templates() -> dict[str, np.ndarray]:
     y = (np.arange(_PROFILE_BINS) + 0.5) / _PROFILE_BINS  # row centres, 0 = top
-    return {
-        "circle": np.sqrt(np.clip(1 - (2 * y - 1) ** 2, 0, 1)),
-        "square": np.ones_like(y),
-        "triangle": y,
-    }
+    return {"circle": np.sqrt(np.clip(1 - (2 * y - 1) ** 2, 0, 1)), "square": np.ones_like(y)}
 
 
 _TEMPLATES = _templates()
 
 
 def _shape_name(profile: np.ndarray) -> str:
-    """The template nearest to the profile, leaving out the top and bottom bins: whether the
-    first and last pixel rows reach the half-contrast level depends on sub-pixel position."""
+    """A triangle puts a quarter of its area in the top half of its box (three quarters when
+    upside down), circle and square a half; that survives blur, which rounds a triangle's
+    corners towards a circle. Otherwise the nearer of the circle and square templates, leaving
+    out the top and bottom bins: whether the first and last pixel rows reach the
+    half-contrast level depends on sub-pixel position."""
+    top = profile[: _PROFILE_BINS // 2].sum() / max(profile.sum(), 1e-9)
+    if abs(top - 0.5) > TRIANGLE_IMBALANCE:
+        return "triangle"
     inner = slice(1, -1)
     errors = {
         name: float(np.mean((profile[inner] - t[inner]) ** 2)) for name, t in _TEMPLATES.items()
