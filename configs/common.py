@@ -52,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
     # i2v: a MotionAdapter folder (AnimateDiff) whose motion modules join the pipeline's SD UNet;
     # "": the pipeline's unet is a UNetMotionModel, or it has a motion_adapter/ folder
     c.model.motion_adapter = ""
+    # i2v: or new motion modules for an SD UNet, from these MotionAdapter fields (e.g.
+    # motion_num_attention_heads, motion_max_seq_length); their output projections start at 0
+    c.model.new_motion_modules = ml_collections.ConfigDict()
 
     # ---- image-to-video conditioning on the clip's first frame (stage "i2v"; docs/training.md)
     c.i2v = ml_collections.ConfigDict()

@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 
 from mv2_jax.models.appearance import (
     appearance_encoder,
@@ -44,7 +45,7 @@ from mv2_jax.parallel.sharding import module_shardings_for
 from mv2_jax.training.stage import LatentDiffusionStage, dtype_of, key_streams, module_param_shapes
 from mv2_jax.weights.controlnet import controlnet_from_unet, controlnet_like
 from mv2_jax.weights.load import build_module, load_component, read_config
-from mv2_jax.weights.motion import load_motion_unet, motion_config_from_unet2d
+from mv2_jax.weights.motion import MOTION, load_motion_unet, motion_config_from_unet2d
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class ImageToVideoStage(LatentDiffusionStage):
     appearance: Any  # the appearance encoder's spatial UNet, or None
     controlnet: Any  # SparseControlNetModel, or None
     unet_folder: Path
-    motion_adapter: Path | None  # merged into an SD UNet folder on load
+    motion_adapter: Path | dict | None  # merged into an SD UNet on load (dict: new modules)
     controlnet_folder: Path | None  # None: the ControlNet starts from the UNet's weights
     seed: int
 
@@ -119,9 +120,14 @@ class ImageToVideoStage(LatentDiffusionStage):
         return unet_params
 
     def initial_unet_params(self, sharding) -> dict:
-        """The motion UNet's params from the pipeline (merged with the motion adapter)."""
+        """The motion UNet's params from the pipeline (merged with the motion adapter, or with
+        new motion modules)."""
         if self.motion_adapter is None:
             return load_component(self.unet_folder, self.param_dtype, sharding)[1]
+        if isinstance(self.motion_adapter, dict):
+            image = load_component(self.unet_folder, self.param_dtype)[1]
+            unet = self.denoiser.clone(skip_motion_for_images=False, dtype=jnp.float32)
+            return jax.device_put(with_new_motion_modules(unet, image, self.seed), sharding)
         _, unet, _ = load_motion_unet(self.unet_folder, self.motion_adapter, self.param_dtype)
         return jax.device_put(unet, sharding)
 
@@ -239,36 +245,89 @@ class ImageToVideoStage(LatentDiffusionStage):
         return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
 
-def motion_unet_config(unet_folder: Path, adapter: Path | None) -> dict:
-    """The motion UNet's config: the folder's, or an SD UNet's merged with a motion adapter's."""
+def motion_unet_config(unet_folder: Path, adapter: Path | dict | None) -> dict:
+    """The motion UNet's config: the folder's, or an SD UNet's merged with a motion adapter's
+    (a folder, or the config of new motion modules: `new_motion_adapter`)."""
     if adapter is None:
         return read_config(unet_folder)
-    return motion_config_from_unet2d(read_config(unet_folder), read_config(adapter))
+    adapter_config = adapter if isinstance(adapter, dict) else read_config(adapter)
+    return motion_config_from_unet2d(read_config(unet_folder), adapter_config)
 
 
-def motion_unet_source(config, pipeline: Path) -> tuple[Path, Path | None]:
-    """(unet folder, motion adapter folder or None when the unet has its motion modules)."""
+def motion_unet_source(config, pipeline: Path) -> tuple[Path, Path | dict | None]:
+    """(unet folder, motion adapter: a folder, a new adapter's config, or None when the unet has
+    its motion modules)."""
     unet_folder = pipeline / "unet"
-    kind = read_config(unet_folder).get("_class_name")
+    unet_config = read_config(unet_folder)
+    kind = unet_config.get("_class_name")
     adapter = config.model.motion_adapter
+    new = config.model.new_motion_modules.to_dict()
     if kind == "UNetMotionModel":
-        if adapter:
+        if adapter or new:
             raise ValueError(
-                f"{unet_folder} is a UNetMotionModel already; unset config.model.motion_adapter"
+                f"{unet_folder} is a UNetMotionModel already; unset config.model.motion_adapter "
+                "and config.model.new_motion_modules"
             )
         return unet_folder, None
     if kind != "UNet2DConditionModel":
         raise ValueError(f"{unet_folder}: a {kind}; the i2v stage needs an SD UNet to animate")
+    if adapter and new:
+        raise ValueError("set config.model.motion_adapter or new_motion_modules, not both")
+    if new:
+        return unet_folder, new_motion_adapter(unet_config, new)
     if not adapter and (pipeline / "motion_adapter").is_dir():
         adapter = pipeline / "motion_adapter"
     if not adapter:
         raise ValueError(
             f"{unet_folder} is an image UNet: set config.model.motion_adapter to a diffusers "
-            "MotionAdapter folder (AnimateDiff), or start from an AnimateDiff pipeline folder"
+            "MotionAdapter folder (AnimateDiff), config.model.new_motion_modules to train new "
+            "ones, or start from an AnimateDiff pipeline folder"
         )
     if not Path(adapter).is_dir():
         raise FileNotFoundError(f"config.model.motion_adapter={str(adapter)!r}: no such folder")
     return unet_folder, Path(adapter)
+
+
+def new_motion_adapter(unet_config: dict, fields: dict) -> dict:
+    """The MotionAdapter config of new motion modules for an SD UNet: its blocks, layers and
+    norm groups, and `fields` (e.g. motion_num_attention_heads, motion_max_seq_length)."""
+    return {
+        "_class_name": "MotionAdapter",
+        "block_out_channels": list(unet_config["block_out_channels"]),
+        "motion_layers_per_block": unet_config.get("layers_per_block", 2),
+        "motion_norm_num_groups": unet_config.get("norm_num_groups", 32),
+        **fields,
+    }
+
+
+def with_new_motion_modules(motion_unet: UNetMotionModel, image_params: dict, seed: int) -> dict:
+    """Motion UNet params: the image UNet's for the spatial layers, new motion modules whose
+    output projections are zero (as AnimateDiff starts them), so that the motion UNet starts
+    as the image model run on every frame."""
+    args, kwargs = MOTION.example_inputs(motion_unet)
+    init = jax.jit(lambda key: nn.meta.unbox(motion_unet.init(key, *args, **kwargs)["params"]))
+    fresh = init(jax.random.key(seed))
+
+    def merge(new: dict, image: dict, path: str) -> dict:
+        out = {}
+        for name, value in new.items():
+            where = f"{path}/{name}".lstrip("/")
+            if name.startswith("motion_modules_"):
+                out[name] = jax.tree_util.tree_map_with_path(_zero_proj_out, value)
+            elif isinstance(value, dict):
+                out[name] = merge(value, image.get(name, {}), where)
+            elif name not in image or image[name].shape != value.shape:
+                raise ValueError(f"the image UNet has no param {where} of shape {value.shape}")
+            else:
+                out[name] = jnp.asarray(image[name], value.dtype)
+        return out
+
+    return merge(fresh, image_params, "")
+
+
+def _zero_proj_out(path, value):
+    names = [getattr(k, "key", "") for k in path]
+    return jnp.zeros_like(value) if "proj_out" in names else value
 
 
 def sparse_overrides(unet: UNetMotionModel) -> dict:

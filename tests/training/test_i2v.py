@@ -146,6 +146,41 @@ def test_bad_setups_name_the_key(i2v_pipeline, tmp_path):
 
 
 @pytest.mark.slow
+def test_new_motion_modules_start_as_the_image_model(init_pipeline):
+    """An SD UNet animated with new motion modules (config.model.new_motion_modules): the
+    spatial params are the image UNet's and the motion UNet gives the image UNet's output on
+    every frame until the motion modules train."""
+    config = get_config("tiny")
+    config.model.pipeline = str(init_pipeline)  # configs/t2i.py:tiny: an image UNet
+    config.model.new_motion_modules = {"motion_num_attention_heads": 2, "motion_max_seq_length": 4}
+    config.i2v.appearance_encoder = config.i2v.controlnet = False
+    config.compute_dtype = "float32"
+    config.lock()
+    mesh = make_mesh("data:-1")
+    stage = ImageToVideoStage.from_config(config, init_pipeline, mesh)
+    rules = tuple(tuple(r) for r in config.sharding_rules)
+    unet = stage.load_params(stage.param_shardings(mesh, rules))["unet"]
+    image_unet, image_params = load_component(init_pipeline / "unet")
+    assert flat(spatial_params(unet)).keys() == flat(image_params).keys()
+    jax.tree.map(np.testing.assert_array_equal, spatial_params(unet), image_params)
+    motion = stage.denoiser.clone(skip_motion_for_images=False).motion_max_seq_length
+    assert motion == 4
+
+    clip = jax.random.normal(jax.random.key(0), (1, 3, 16, 16, 4))
+    context = jax.random.normal(jax.random.key(1), (1, 77, 32))
+    timesteps = jax.numpy.array([500])
+    video = jax.jit(stage.denoiser.apply)({"params": unet}, clip, timesteps, context)
+    per_frame = (clip[0], timesteps.repeat(3), context.repeat(3, axis=0))
+    frames = jax.jit(image_unet.apply)({"params": image_params}, *per_frame)
+    np.testing.assert_allclose(video[0], frames, atol=1e-5)
+    with pytest.raises(ValueError, match=r"motion_adapter or new_motion_modules, not both"):
+        both = i2v_config(init_pipeline, **{"model.motion_adapter": str(init_pipeline)})
+        both.unlock()
+        both.model.new_motion_modules = {"motion_max_seq_length": 4}
+        ImageToVideoStage.from_config(both, init_pipeline, mesh)
+
+
+@pytest.mark.slow
 def test_export_makes_an_image_to_video_folder(trained, tmp_path):
     """The run exported as a pipeline folder: load_pipeline gives an ImageToVideoPipeline with
     the run's EMA weights in every component, and it turns a key image into frames."""
