@@ -7,13 +7,15 @@ conditioned on the clip's first frame by an appearance encoder and a SparseCtrl 
         --config.data.video_dir=DATA
 
 Variants: `tiny` (random init of the small motion UNet below, 32² × 4 frames: seconds per step
-on a CPU) and `sd15` (MagicVideo-V2's I2V: SD1.5 plus an AnimateDiff v2/v3 MotionAdapter folder,
-576² × 32 frames). The motion modules, the appearance encoder and the ControlNet train; the
-spatial UNet stays frozen. Every key is documented in configs/common.py.
+on a CPU), `shapes` (the shapes world's: new motion modules on its T2I UNet, 64² × 8 frames;
+configs/shapes.py) and `sd15` (MagicVideo-V2's I2V: SD1.5 plus an AnimateDiff v2/v3
+MotionAdapter folder, 576² × 32 frames). The motion modules, the appearance encoder and the
+ControlNet train; the spatial UNet stays frozen. Every key is documented in configs/common.py.
 """
 
 from __future__ import annotations
 
+from configs import shapes
 from configs.common import base_config
 from configs.t2i import tiny_model as tiny_image_model
 
@@ -57,6 +59,20 @@ def get_config(variant: str = "tiny"):
         config.checkpoint_every = 50
         config.ema_decay = 0.99
         config.compute_dtype = "float32"
+    elif variant == "shapes":  # the shipped shapes-world model (configs/shapes.py)
+        config.model.pipeline = shapes.T2I
+        config.model.new_motion_modules = shapes.MOTION_MODULES
+        config.data.video_dir = shapes.DATA["video128"]
+        config.data.height = config.data.width = 64
+        config.data.num_frames = shapes.FRAMES
+        config.batch_size = 8
+        config.lr = 3e-4
+        config.warmup_steps = 100
+        config.total_steps = 3000
+        config.checkpoint_every = 250
+        config.log_every = 25
+        config.ema_decay = 0.999
+        config.compute_dtype = "float32"
     elif variant == "sd15":
         # MagicVideo-V2 §3: about 600² × 32 keyframes; 576 = 9·64 keeps the UNet's 3 halvings
         # of the 72² latent whole.
@@ -71,5 +87,7 @@ def get_config(variant: str = "tiny"):
         config.remat_policy = "full"
         config.mesh = "fsdp:-1"
     else:
-        raise ValueError(f"configs/i2v.py: unknown variant {variant!r}; choose tiny or sd15")
+        raise ValueError(
+            f"configs/i2v.py: unknown variant {variant!r}; choose tiny, shapes or sd15"
+        )
     return config

@@ -19,9 +19,13 @@ CLIP = f"{RUNS}/export/clip"  # … of configs/clip.py:shapes: text_encoder/, to
 T2I = f"{RUNS}/export/t2i"
 I2V = f"{RUNS}/export/i2v"
 
+FRAMES = 8  # keyframes of the I2V and V2V stages
 TEXT_WIDTH = 64  # the text encoder's hidden size (configs/clip.py:shapes)
 BLOCKS = [32, 64, 64]
 CROSS_ATTENTION = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+
+# the I2V stage's new motion modules on the T2I UNet (config.model.new_motion_modules)
+MOTION_MODULES = {"motion_num_attention_heads": 4, "motion_max_seq_length": FRAMES}
 
 # v-prediction on a zero-terminal-SNR schedule sampled with trailing timesteps: at the last
 # training step no trace of the clean latents is left, so sampling from pure noise matches

@@ -8,13 +8,15 @@ latents — upsampled and noise-augmented — join the noisy latents at conv_in.
 
 Variants: `tiny` (a random tiny I2V model, converted: 64² targets from 32² inputs × 4 frames,
 seconds per step on a CPU) and `sd15` (MagicVideo-V2's V2V: from an exported I2V run or an
-AnimateDiff folder, ≈600² → ≈1048² as 576² → 1024², 32 frames). The motion modules, conv_in
+AnimateDiff folder, ≈600² → ≈1048² as 576² → 1024², 32 frames); `shapes` (the shapes world's:
+64² → 128² × 8 frames from its I2V model; configs/shapes.py). The motion modules, conv_in
 (its new low-res channels), the noise-level embedding and the I2V conditionings train; the
 spatial layers stay frozen. Every key is documented in configs/common.py.
 """
 
 from __future__ import annotations
 
+from configs import shapes
 from configs.common import base_config
 from configs.i2v import tiny_model as tiny_i2v_model
 
@@ -45,6 +47,22 @@ def get_config(variant: str = "tiny"):
         config.checkpoint_every = 50
         config.ema_decay = 0.99
         config.compute_dtype = "float32"
+    elif variant == "shapes":  # the shipped shapes-world model (configs/shapes.py)
+        config.model.pipeline = shapes.I2V
+        # the low-res clip carries the key image's appearance: no reference conditionings
+        config.i2v.appearance_encoder = config.i2v.controlnet = False
+        config.data.video_dir = shapes.DATA["video128"]
+        config.data.height = config.data.width = 128
+        config.v2v.scale = 2.0  # from the I2V stage's 64²
+        config.data.num_frames = shapes.FRAMES
+        config.batch_size = 4
+        config.lr = 3e-4
+        config.warmup_steps = 100
+        config.total_steps = 2000
+        config.checkpoint_every = 250
+        config.log_every = 25
+        config.ema_decay = 0.999
+        config.compute_dtype = "float32"
     elif variant == "sd15":
         # MagicVideo-V2 §3: ≈600² keyframes up to ≈1048²; multiples of 64 keep the UNet's three
         # halvings whole: 576² inputs (the I2V stage's size) → 1024² targets.
@@ -60,5 +78,7 @@ def get_config(variant: str = "tiny"):
         config.remat_policy = "full"
         config.mesh = "fsdp:-1"
     else:
-        raise ValueError(f"configs/v2v.py: unknown variant {variant!r}; choose tiny or sd15")
+        raise ValueError(
+            f"configs/v2v.py: unknown variant {variant!r}; choose tiny, shapes or sd15"
+        )
     return config
