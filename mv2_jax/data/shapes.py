@@ -275,8 +275,8 @@ class ShapesSource:
         rng = np.random.default_rng([self.seed, index])
         clip = sample_clip(rng, heldout=self.heldout, num_frames=self.num_frames)
         times = [0] if self.form == "image" else np.arange(self.num_frames)
-        return {"pixels": render(clip, self.size, times), "caption": caption(clip, rng),
-                "clip": clip}  # fmt: skip
+        pixels = render(clip, self.size, times)
+        return {"pixels": pixels, "caption": caption(clip, rng), "clip": clip}
 
     def __repr__(self) -> str:
         return (

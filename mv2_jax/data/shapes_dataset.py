@@ -65,11 +65,11 @@ def shapes_record(source: ShapesSource, index: int) -> dict:
     """Example `index` of `source` as a `video_text` or `image_text` record."""
     example = source[index]
     path = f"shapes/seed{source.seed}/{index:07d}"
+    text = example["caption"]
     if source.form == "image":
-        return {"image": encode_image(example["pixels"][0]), "caption": example["caption"],
-                "path": path + ".png"}  # fmt: skip
-    return {"video": encode_video(example["pixels"]), "caption": example["caption"],
-            "fps": np.float32(FPS), "path": path + ".mov"}  # fmt: skip
+        return {"image": encode_image(example["pixels"][0]), "caption": text, "path": path + ".png"}
+    video = encode_video(example["pixels"])
+    return {"video": video, "caption": text, "fps": np.float32(FPS), "path": path + ".mov"}
 
 
 def _record_chunk(source: ShapesSource, start: int, stop: int) -> list[dict]:
