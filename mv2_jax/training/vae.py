@@ -1,0 +1,256 @@
+"""The autoencoder stage for the trainer: an `AutoencoderKL` (the latent space the diffusion
+stages work in) trained from scratch on the frames of the run's `config.data`, with no pipeline
+folder; optionally against a PatchGAN discriminator.
+
+Loss per step, over all frames of the batch (videos `[B,F,…]` fold their frames into the batch):
+
+    L_G = mean|x − D(z)| + kl_weight · KL(q(z|x) ‖ N(0, I)) / (H·W·3)
+          + adv_weight · [step ≥ adv_start_step] · hinge_G(D(z)),    z ~ q(z|x),
+    L_D = hinge_D(x real vs D(z) fake)                                (only with adv_weight > 0).
+
+The KL is summed over an image's latents and divided by its pixel values, so `kl_weight` means
+what it does in Stable Diffusion's LDM configs (1e-6), where both terms are sums over the image.
+As in `training/vfi.py`, the generator and discriminator share one optimizer: the generator's
+adversarial term reads the discriminator's params through `stop_gradient`, the discriminator's
+loss reads the reconstructions through `stop_gradient`, and one AdamW step updates both.
+
+`export_vae` writes the trained autoencoder as a diffusers-format `AutoencoderKL` folder
+(`config.json` + `diffusion_pytorch_model.safetensors`, read by `mv2_jax.load_component` and by
+diffusers) whose `scaling_factor` is 1/std of the posterior means on the run's data, as Stable
+Diffusion's 0.18215 was measured, so the diffusion stages see latents of unit variance.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from jax.sharding import NamedSharding, PartitionSpec
+
+from mv2_jax.models.discriminator import PatchDiscriminator
+from mv2_jax.models.vae import AutoencoderKL
+from mv2_jax.training.stage import dtype_of
+from mv2_jax.training.vfi_losses import hinge_discriminator, hinge_generator, psnr
+
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+
+
+def build_vae(model_config, dtype=jnp.float32, param_dtype=jnp.float32) -> AutoencoderKL:
+    """The `AutoencoderKL` of a diffusers-style config dict (`config.vae.model`)."""
+    return AutoencoderKL.from_config(dict(model_config), dtype=dtype, param_dtype=param_dtype)
+
+
+@dataclass
+class AutoencoderStage:
+    needs_pipeline: ClassVar[bool] = False  # builds its model from config.vae.model
+
+    vae: AutoencoderKL
+    discriminator: PatchDiscriminator | None  # None: adv_weight = 0, no GAN term
+    param_dtype: Any
+    settings: Any  # the config's `vae` section
+    batch_size: int
+    size: tuple[int, int]  # training images (height, width)
+    seed: int
+    consts: dict
+
+    @classmethod
+    def from_config(cls, config, pipeline: Path | None, mesh) -> AutoencoderStage:
+        """The stage of `config` (`pipeline` is unused: the model comes from `config.vae`)."""
+        v = config.vae
+        compute, params = dtype_of(config.compute_dtype), dtype_of(config.param_dtype)
+        vae = build_vae(v.model.to_dict(), compute, params)
+        size = (config.data.height, config.data.width)
+        factor = 2 ** (len(vae.block_out_channels) - 1)
+        if size[0] % factor or size[1] % factor:
+            raise ValueError(
+                f"data {size[0]}×{size[1]}: the VAE downsamples by {factor}; use a height "
+                f"and width that are multiples of {factor}"
+            )
+        discriminator = None
+        if v.adv_weight > 0:
+            discriminator = PatchDiscriminator(
+                tuple(v.discriminator_channels), dtype=compute, param_dtype=params
+            )
+        return cls(vae, discriminator, params, v, config.batch_size, size, config.seed, {})
+
+    # ---- the params that train
+
+    def _example(self) -> jax.Array:
+        side = 2 ** max(len(self.vae.block_out_channels), self._disc_depth())
+        return jnp.zeros((1, side, side, self.vae.in_channels))
+
+    def _disc_depth(self) -> int:
+        return len(self.discriminator.channels) if self.discriminator else 0
+
+    def _init(self, key: jax.Array) -> dict:
+        image = self._example()
+        k_vae, k_disc = jax.random.split(key)
+        params = {"vae": self.vae.init(k_vae, image)["params"]}
+        if self.discriminator is not None:
+            params["discriminator"] = self.discriminator.init(k_disc, image)["params"]
+        return nn.meta.unbox(params)
+
+    def param_shapes(self) -> dict:
+        return jax.eval_shape(self._init, jax.random.key(0, impl="rbg"))
+
+    def param_shardings(self, mesh, rules) -> dict:
+        """Replicated: the models are small; the batch is what spreads over the devices."""
+        replicated = NamedSharding(mesh, PartitionSpec())
+        return jax.tree.map(lambda _: replicated, self.param_shapes())
+
+    def load_params(self, shardings=None) -> dict:
+        """Fresh params from `config.seed`, placed on `shardings`."""
+        # rbg: XLA:CPU compiles a threefry init of many params slowly.
+        key = jax.random.key(self.seed, impl="rbg")
+        params = jax.jit(self._init, out_shardings=shardings)(key)
+        return jax.tree.map(lambda p: p.astype(self.param_dtype), params)
+
+    def trainable_patterns(self, patterns) -> tuple[str, ...]:
+        return tuple(patterns)
+
+    # ---- host side
+
+    def prepare(self, batch: dict) -> dict:
+        """Pixels `[B,F,H,W,3]` as float32 (captions are not used); each example's global
+        `position` and the step it belongs to (`train_step`, which switches the adversarial term
+        on: position // batch_size counts the steps of a single-source run exactly)."""
+        position = np.asarray(batch["position"], np.int64)
+        return {
+            "pixels": np.asarray(batch["pixels"], np.float32),
+            "position": position.astype(np.uint32),
+            "train_step": (position // self.batch_size).astype(np.int32),
+        }
+
+    # ---- the loss (inside the jitted step)
+
+    def loss(self, params, consts, batch, keys) -> tuple[jax.Array, dict]:
+        s = self.settings
+        pixels = batch["pixels"]
+        frames = pixels.shape[1]
+        images = pixels.reshape(-1, *pixels.shape[2:])  # frames folded into the batch
+        posterior = self.vae.apply({"params": params["vae"]}, images, method="encode")
+        mean = posterior.mean.astype(jnp.float32)
+        logvar = posterior.logvar.astype(jnp.float32)
+        # Each clip's frames draw their noise from the clip's key.
+        noise = jax.vmap(lambda k: jax.random.normal(k, (frames, *mean.shape[1:])))(keys)
+        z = mean + jnp.exp(0.5 * logvar) * noise.reshape(mean.shape)
+        recon = self.vae.apply({"params": params["vae"]}, z, method="decode")
+        recon = recon.astype(jnp.float32)
+        l1 = jnp.mean(jnp.abs(recon - images))
+        kl = jnp.mean(0.5 * jnp.sum(mean**2 + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3)))
+        g_loss = l1 + s.kl_weight * kl / np.prod(images.shape[1:])
+        metrics = {
+            "l1": l1,
+            "kl": kl,
+            "latent_std": jnp.std(mean),
+            "psnr": psnr((jnp.clip(recon, -1, 1) + 1) / 2, (images + 1) / 2),
+        }
+        if self.discriminator is None:
+            return g_loss, metrics
+
+        def judge(disc_params, x):
+            return self.discriminator.apply({"params": disc_params}, x)
+
+        adv = hinge_generator(judge(jax.lax.stop_gradient(params["discriminator"]), recon))
+        adv_on = jnp.max(batch["train_step"] >= s.adv_start_step).astype(jnp.float32)
+        g_loss = g_loss + s.adv_weight * adv_on * adv
+        d_loss = hinge_discriminator(
+            judge(params["discriminator"], images),
+            judge(params["discriminator"], jax.lax.stop_gradient(recon)),
+        )
+        metrics.update(adv=adv, d_loss=d_loss, g_loss=g_loss)
+        return g_loss + d_loss, metrics
+
+
+# ---- export -------------------------------------------------------------------------------
+
+
+def vae_state_dict(params) -> dict[str, np.ndarray]:
+    """Flax params of `AutoencoderKL` → diffusers' state dict (float32): `down_blocks_0` →
+    `down_blocks.0`, conv kernels `[kh,kw,in,out]` → `[out,in,kh,kw]`, dense kernels
+    transposed, norm `scale` → `weight`."""
+    state = {}
+    for path, value in traverse_util.flatten_dict(dict(params)).items():
+        value = np.asarray(value, np.float32)
+        *modules, leaf = path
+        if leaf == "kernel":
+            value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+        if leaf in ("kernel", "scale"):
+            leaf = "weight"
+        names = [re.sub(r"_(\d+)$", r".\1", m) for m in modules]
+        state[".".join([*names, leaf])] = np.ascontiguousarray(value)
+    return state
+
+
+def write_vae_folder(folder: str | Path, vae: AutoencoderKL, params, scaling_factor: float):
+    """`folder/config.json` (the module's diffusers config with `scaling_factor`) and
+    `folder/diffusion_pytorch_model.safetensors`."""
+    from safetensors.numpy import save_file
+
+    from mv2_jax.training.export import module_config
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {**module_config(vae), "scaling_factor": float(scaling_factor)}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(vae_state_dict(params), str(folder / WEIGHTS_FILE))
+    return folder
+
+
+def latent_std(vae: AutoencoderKL, params, batches) -> float:
+    """The standard deviation of the posterior means over all elements of `batches` (dicts
+    with `pixels` `[B,F,H,W,3]` in [-1, 1])."""
+
+    @jax.jit
+    def means(pixels):
+        images = pixels.reshape(-1, *pixels.shape[2:])
+        return vae.apply({"params": params}, images, method="encode").mean
+
+    values = np.concatenate([np.asarray(means(b["pixels"])).ravel() for b in batches])
+    return float(values.std())
+
+
+def data_batches(config, count: int) -> list[dict]:
+    """The first `count` batches of the run's `config.data`, as the trainer reads them."""
+    from mv2_jax.training.trainer import data_iterator
+
+    iterator = data_iterator(config)
+    return [{"pixels": np.asarray(next(iterator)["pixels"], np.float32)} for _ in range(count)]
+
+
+def export_vae(workdir: str | Path, out: str | Path, step: int | None = None, ema: bool = True):
+    """The autoencoder of a vae run (EMA by default, the latest checkpoint unless `step`) as an
+    `AutoencoderKL` component folder at `out`, with `scaling_factor` = 1/std of its latents
+    over `config.vae.scale_batches` batches of the run's data."""
+    import ml_collections
+
+    from mv2_jax.training.checkpoint import checkpoint_dir, restore_params
+
+    workdir, out = Path(workdir), Path(out)
+    directory = checkpoint_dir(workdir)
+    if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
+        raise FileNotFoundError(
+            f"{workdir}: the vae run has no checkpoint yet (nothing in {directory}); train it "
+            "first (python train.py --config configs/vae.py:shapes --workdir "
+            f"{workdir}) or wait for its first checkpoint_every steps"
+        )
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    params = restore_params(workdir, step, ema)["vae"]
+    vae = build_vae(config.vae.model.to_dict())
+    std = latent_std(vae, params, data_batches(config, config.vae.scale_batches))
+    if not std > 0:
+        raise ValueError(f"{workdir}: the latents have std {std}; is the model trained?")
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    write_vae_folder(partial, vae, params, 1.0 / std)
+    partial.rename(out)  # all or nothing: a crash leaves only the .partial folder
+    return out
