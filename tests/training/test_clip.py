@@ -151,54 +151,48 @@ def test_storyboard_tiles_frames_in_reading_order():
     np.testing.assert_allclose(image, image[:, :1, :1].repeat(8, 1).repeat(8, 2), atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def loaded(exported):
-    """The exported encoders through load_component, and their outputs on a caption and on
-    random pixels (each apply jitted: one compile instead of one per operation)."""
+def test_export_loads_with_load_component(stage, trained, exported):
+    """The folders hold exactly the trained params (the text model without its projection)
+    and build the same models, so load_component gives the trained outputs."""
+    params = trained[0]
+    text, text_params = load_component(exported / "text_encoder")
+    assert type(text).__name__ == "CLIPTextModel"
+    want = {"text_model": params["text"]["text_model"]}
+    jax.tree.map(np.testing.assert_array_equal, text_params, want)
+    vision, vision_params = load_component(exported / "image_encoder")
+    assert type(vision).__name__ == "CLIPVisionModelWithProjection"
+    jax.tree.map(np.testing.assert_array_equal, vision_params, params["vision"])
+    for ours, trained_model in ((text, stage.text), (vision, stage.vision)):
+        fields = [
+            f.name for f in dataclasses.fields(trained_model) if f.name not in ("parent", "name")
+        ]
+        assert {f: getattr(ours, f) for f in fields} == {
+            f: getattr(trained_model, f) for f in fields
+        }
+
+
+@pytest.mark.torch
+def test_export_loads_in_transformers(exported):
+    torch = pytest.importorskip("torch")
+    from transformers import CLIPTextModel, CLIPVisionModelWithProjection
+
     tokenizer = load_tokenizer(exported / "tokenizer")
     ids = tokenizer(["the red circle moving left"], padding="max_length", return_tensors="np")
     ids = ids["input_ids"]
     pixels = np.random.default_rng(0).normal(size=(1, 16, 16, 3)).astype(np.float32)
     text, text_params = load_component(exported / "text_encoder")
     vision, vision_params = load_component(exported / "image_encoder")
-    text_out = jax.jit(text.apply, static_argnames="output_hidden_states")(
-        {"params": text_params}, ids, output_hidden_states=True
-    )
-    vision_out = jax.jit(vision.apply)({"params": vision_params}, pixels)
-    return {"text": text, "text_params": text_params, "vision": vision, "ids": ids,
-            "pixels": pixels, "text_out": text_out, "vision_out": vision_out}  # fmt: skip
-
-
-def test_export_loads_with_load_component(stage, trained, loaded):
-    assert type(loaded["text"]).__name__ == "CLIPTextModel"
-    assert "text_projection" not in loaded["text_params"]
-    assert type(loaded["vision"]).__name__ == "CLIPVisionModelWithProjection"
-    params = trained[0]
-    want = jax.jit(stage.text.apply)({"params": params["text"]}, loaded["ids"])
-    got = loaded["text_out"]
-    np.testing.assert_allclose(got.last_hidden_state, want.last_hidden_state, atol=1e-5)
-    assert len(got.hidden_states) == 2  # embeddings + one layer
-    board = jax.jit(stage.vision.apply)({"params": params["vision"]}, loaded["pixels"])
-    np.testing.assert_allclose(loaded["vision_out"].image_embeds, board.image_embeds, atol=1e-5)
-
-
-@pytest.mark.torch
-def test_export_loads_in_transformers(exported, loaded):
-    torch = pytest.importorskip("torch")
-    from transformers import CLIPTextModel, CLIPVisionModelWithProjection
-
-    text = CLIPTextModel.from_pretrained(exported / "text_encoder").eval()
-    vision = CLIPVisionModelWithProjection.from_pretrained(exported / "image_encoder").eval()
+    ours_text = jax.jit(text.apply)({"params": text_params}, ids)
+    ours_image = jax.jit(vision.apply)({"params": vision_params}, pixels).image_embeds
+    theirs_text = CLIPTextModel.from_pretrained(exported / "text_encoder").eval()
+    theirs_vision = CLIPVisionModelWithProjection.from_pretrained(exported / "image_encoder")
     with torch.no_grad():
-        text_out = text(torch.from_numpy(loaded["ids"]).long())
-        pixels = torch.from_numpy(loaded["pixels"].transpose(0, 3, 1, 2))
-        vision_out = vision(pixel_values=pixels)
-    ours = loaded["text_out"]
-    np.testing.assert_allclose(ours.last_hidden_state, text_out.last_hidden_state, atol=1e-5)
-    np.testing.assert_allclose(ours.pooler_output, text_out.pooler_output, atol=1e-5)
-    np.testing.assert_allclose(
-        loaded["vision_out"].image_embeds, vision_out.image_embeds, atol=1e-5
-    )
+        want = theirs_text(torch.from_numpy(ids).long())
+        pixels = torch.from_numpy(pixels.transpose(0, 3, 1, 2))
+        want_image = theirs_vision.eval()(pixel_values=pixels).image_embeds
+    np.testing.assert_allclose(ours_text.last_hidden_state, want.last_hidden_state, atol=1e-5)
+    np.testing.assert_allclose(ours_text.pooler_output, want.pooler_output, atol=1e-5)
+    np.testing.assert_allclose(ours_image, want_image, atol=1e-5)
 
 
 def test_clear_errors(tmp_path, tokenizer_dir, exported, trained, stage):
