@@ -23,9 +23,10 @@ distinct this is exactly CLIP's loss. Accuracy counts a retrieval as right when 
 match is any positive.
 
 The tokenizer folder is `clip.tokenizer` when set; else the stage builds the project's
-tokenizer (`write_bpe_tokenizer`, deterministic) into `WORKDIR/tokenizer` when given the
-workdir, or into a temporary folder otherwise, and the export rebuilds it (checking its size
-against the trained embedding table).
+tokenizer (`write_bpe_tokenizer`, deterministic) into `WORKDIR/tokenizer` when `from_config`
+is given the workdir. The trainer does not pass it today, so a run builds the tokenizer in a
+temporary folder and the export writes `WORKDIR/tokenizer` (the same build: the export checks
+its size against the trained token table).
 """
 
 from __future__ import annotations
