@@ -2,11 +2,10 @@
 vision tower that sees each clip as a storyboard (mv2_jax/training/clip.py), on a captioned
 video (or image) dataset: no pipeline folder.
 
-    python -m mv2_jax.data.build shapes --form video --num-examples 3000 --size 64 \\
-        --num-frames 8 --seed 0 --data-dir runs/shapes/clip_data
-    python train.py --config configs/clip.py:shapes --workdir runs/clip \\
-        --config.data.video_dir=runs/shapes/clip_data
-    python -m mv2_jax.training.export --workdir runs/clip --out models/clip
+    python train.py --config configs/clip.py:shapes --workdir runs/shapes/clip
+    python -m mv2_jax.training.export --workdir runs/shapes/clip --out runs/shapes/export/clip
+
+(the shapes world's dataset and the order of its runs: docs/shapes.md).
 
 The export writes `text_encoder/` (CLIPTextModel), `image_encoder/`
 (CLIPVisionModelWithProjection) and `tokenizer/`. Variants: `tiny` (tests) and `shapes`
@@ -39,6 +38,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import shapes
 from configs.common import base_config
 from mv2_jax.training.tokenizer import DEFAULT_MERGES
 
@@ -90,6 +90,7 @@ def get_config(variant: str = "shapes"):
     elif variant == "shapes":
         # every wording of a (colour, shape, motion) is the same caption
         config.clip.caption_label = "mv2_jax.data.shapes:parse_prompt"
+        config.data.video_dir = shapes.DATA["video128"]
         # Sized on this 2-core CPU (5-minute trials, shared machine): 0.3–0.8 s per step, so
         # 800 steps take 4–10 minutes; at step 275 in-batch top-1 was ≈0.7 and rising, with
         # lr 2e-3 ahead of 1e-3 (zero-shot over the 84 captions at step 250: colour 1.0,
@@ -97,7 +98,7 @@ def get_config(variant: str = "shapes"):
         config.batch_size = 64
         config.lr = 2e-3
         config.warmup_steps = 100
-        config.total_steps = 800
+        config.total_steps = 1200  # motion words are learnt last
         config.checkpoint_every = 100
         config.log_every = 25
         config.ema_decay = 0.995
