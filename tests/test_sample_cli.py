@@ -306,3 +306,17 @@ def test_t2i_end_to_end_on_a_tiny_pipeline(monkeypatch, tmp_path):
     np.testing.assert_array_equal(written, np.round(direct * 255).astype(np.uint8))
     other = np.asarray(pipe("a photo", seed=12, **call)[0])
     assert np.abs(other - direct).mean() > 0.01
+
+
+def test_compiled_programs_persist_in_the_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    args = sample.build_parser().parse_args(["t2i", "--model", "m", "--prompt", "p"])
+    assert args.compilation_cache == str(tmp_path / "xdg" / "mv2_jax" / "xla")
+    # in a fresh process: jax reads the setting at its first compile
+    program = (
+        "import jax, jax.numpy as jnp; from mv2_jax.commands.common import use_compilation_cache;"
+        f"use_compilation_cache({str(tmp_path / 'xla')!r}, min_compile_seconds=0);"
+        "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((4, 4))).block_until_ready()"
+    )
+    subprocess.run([sys.executable, "-c", program], check=True, cwd=SCRIPT.parent)
+    assert any((tmp_path / "xla").iterdir())

@@ -6,6 +6,7 @@ outputs."""
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 from pathlib import Path
 
@@ -78,12 +79,37 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
         help="precision of params and compute (default fp32; bf16 for accelerators)",
     )
     flag(
+        "--compilation-cache",
+        metavar="DIR",
+        default=str(default_compilation_cache()),
+        help="keep compiled programs here, so that the next run with the same model and sizes "
+        "skips compiling (most of a first run on a CPU); 'none' turns it off "
+        "(default: %(default)s)",
+    )
+    flag(
         "--mesh",
         metavar="SPEC",
         help="device mesh as axis:size over data, fsdp, tensor, frames, e.g. data:2,fsdp:4; "
         "the sizes multiply to the device count, one may be -1 for the rest (default: no "
         "mesh, jax's default device)",
     )
+
+
+def default_compilation_cache() -> Path:
+    """$XDG_CACHE_HOME/mv2_jax/xla, else ~/.cache/mv2_jax/xla."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "mv2_jax" / "xla"
+
+
+def use_compilation_cache(folder: str | None, min_compile_seconds: float = 0.5) -> None:
+    """jax's persistent compilation cache in `folder` (None or 'none': off), for every program
+    that took ≥ `min_compile_seconds` to compile. Once per process: jax reads it at the first
+    compile."""
+    if not folder or folder.lower() == "none":
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
 
 
 def check_model_folder(value: str) -> None:
