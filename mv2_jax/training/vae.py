@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,6 +61,7 @@ class AutoencoderStage:
     size: tuple[int, int]  # training images (height, width)
     seed: int
     consts: dict
+    _cache: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config, pipeline: Path | None, mesh) -> AutoencoderStage:
@@ -100,7 +101,9 @@ class AutoencoderStage:
         return nn.meta.unbox(params)
 
     def param_shapes(self) -> dict:
-        return jax.eval_shape(self._init, jax.random.key(0, impl="rbg"))
+        if "shapes" not in self._cache:  # the trainer asks more than once; tracing takes seconds
+            self._cache["shapes"] = jax.eval_shape(self._init, jax.random.key(0, impl="rbg"))
+        return self._cache["shapes"]
 
     def param_shardings(self, mesh, rules) -> dict:
         """Replicated: the models are small; the batch is what spreads over the devices."""
