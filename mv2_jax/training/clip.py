@@ -360,7 +360,7 @@ def export_clip(workdir: str | Path, out: str | Path, step: int | None = None, e
 def write_clip_folders(out: str | Path, settings, params: dict, tokenizer: str | Path) -> Path:
     """`out/{text_encoder,image_encoder,tokenizer}` (see `export_clip`) from the stage's
     `params`, its `clip` config section and its tokenizer folder; `out` must not exist."""
-    from mv2_jax.weights.clip_torch import text_model_folder, vision_model_folder
+    from mv2_jax.weights.clip import text_model_folder, vision_model_folder
 
     out = Path(out)
     if out.exists():

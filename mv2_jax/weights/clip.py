@@ -6,12 +6,17 @@ Flax modules mirror the published key layout (`text_model.encoder.layers.0.self_
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import jax.numpy as jnp
 
 from mv2_jax.models.clip import CLIPTextModel, CLIPTextModelWithProjection
 from mv2_jax.models.clip_vision import CLIPVisionModelWithProjection
 from mv2_jax.weights.mapping import Rule
 from mv2_jax.weights.registry import Family, register
+from mv2_jax.weights.torch_layout import TRANSFORMERS_WEIGHTS, write_torch_layout_folder
 
 # Keys that differ from the mechanical `a.0.b` → `a_0/b` rule.
 CLIP_TEXT_RULES = (
@@ -64,3 +69,32 @@ CLIP_VISION_WITH_PROJECTION = register(
     ),
     "CLIPVisionModelWithProjection",
 )
+
+
+# ---- CLIP models trained here (mv2_jax.training.clip) as transformers folders
+
+
+def text_model_folder(folder, text_config: Mapping[str, Any], params: Mapping[str, Any]) -> Path:
+    """A `CLIPTextModel` folder from the params of a `CLIPTextModelWithProjection` (or of a
+    `CLIPTextModel`): the transformer alone, without `text_projection`."""
+    config = {
+        **{k: v for k, v in text_config.items() if not k.startswith("_")},
+        "architectures": ["CLIPTextModel"],
+        "model_type": "clip_text_model",
+        "dtype": "float32",
+    }
+    text = {"text_model": params["text_model"]}
+    return write_torch_layout_folder(folder, config, text, TRANSFORMERS_WEIGHTS)
+
+
+def vision_model_folder(
+    folder, vision_config: Mapping[str, Any], params: Mapping[str, Any]
+) -> Path:
+    """A `CLIPVisionModelWithProjection` folder."""
+    config = {
+        **{k: v for k, v in vision_config.items() if not k.startswith("_")},
+        "architectures": ["CLIPVisionModelWithProjection"],
+        "model_type": "clip_vision_model",
+        "dtype": "float32",
+    }
+    return write_torch_layout_folder(folder, config, params, TRANSFORMERS_WEIGHTS)

@@ -9,19 +9,16 @@ The safetensors hold a PyTorch-layout state dict with RIFE-style names
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
-from flax import traverse_util
 
 from mv2_jax.models.config import module_from_config
 from mv2_jax.models.vfi import FrameInterpolator
 from mv2_jax.weights.registry import Family, register
+from mv2_jax.weights.torch_layout import write_torch_layout_folder
 
 WEIGHTS_STEM = "diffusion_pytorch_model"
 _RUNTIME_FIELDS = ("parent", "name", "dtype", "param_dtype")
@@ -56,32 +53,7 @@ def vfi_config(model: FrameInterpolator) -> dict[str, Any]:
     return config
 
 
-def _torch_name(flax_name: str) -> str:
-    """`conv0_0_0` → `conv0.0.0`, `convblock_3` → `convblock.3`: trailing numbers are indices."""
-    return re.sub(r"_(\d+)(?=_|$)", r".\1", flax_name)
-
-
-def vfi_state_dict(params: Any) -> dict[str, np.ndarray]:
-    """Flax params → the PyTorch-layout state dict the safetensors file holds (float32)."""
-    state = {}
-    for path, value in traverse_util.flatten_dict(dict(params)).items():
-        value = np.asarray(value, np.float32)
-        *modules, leaf = path
-        if leaf == "kernel":  # [kh, kw, a, b] → [b, a, kh, kw] (conv and transposed conv alike)
-            leaf, value = "weight", value.transpose(3, 2, 0, 1)
-        key = ".".join([*(_torch_name(m) for m in modules), leaf])
-        state[key] = np.ascontiguousarray(value)
-    return state
-
-
 def write_vfi_folder(folder: str | os.PathLike, model: FrameInterpolator, params: Any) -> Path:
     """`folder/config.json` + `folder/diffusion_pytorch_model.safetensors`, read back by
     `mv2_jax.load_component(folder)`."""
-    from safetensors.numpy import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = vfi_config(model)
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(vfi_state_dict(params), str(folder / f"{WEIGHTS_STEM}.safetensors"))
-    return folder
+    return write_torch_layout_folder(folder, vfi_config(model), params)

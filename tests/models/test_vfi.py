@@ -15,7 +15,8 @@ import pytest
 import mv2_jax
 from mv2_jax.models.discriminator import PatchDiscriminator
 from mv2_jax.models.vfi import FrameInterpolator, IFBlock, global_shift
-from mv2_jax.weights.vfi import vfi_state_dict, write_vfi_folder
+from mv2_jax.weights.torch_layout import torch_state_dict
+from mv2_jax.weights.vfi import write_vfi_folder
 
 SMALL = dict(block_channels=(16, 8), block_scales=(2, 1), num_res=1, refine_channels=8)
 SHIPPED = Path(mv2_jax.__file__).parent / "assets" / "vfi"
@@ -99,7 +100,7 @@ def test_ifblock_matches_a_pytorch_rife_block():
     params = _randomised(shapes, scale=0.2)
     flow_out, mask_out = jax.jit(lambda p: block.apply({"params": p}, x, flow, 2))(params)
 
-    w = {k: torch.from_numpy(v.copy()) for k, v in vfi_state_dict(params).items()}
+    w = {k: torch.from_numpy(v.copy()) for k, v in torch_state_dict(params).items()}
     lrelu = lambda v: F.leaky_relu(v, 0.2)  # noqa: E731
     resize = lambda v, f: F.interpolate(v, scale_factor=f, mode="bilinear", align_corners=False)  # noqa: E731
     tx, tflow = (torch.from_numpy(np.asarray(a)).permute(0, 3, 1, 2) for a in (x, flow))
@@ -127,7 +128,7 @@ def test_component_folder_round_trip(small, tmp_path):
         _run(loaded, loaded_params, frame0, frame1, 0.4),
         _run(model, params, frame0, frame1, 0.4),
     )
-    state = vfi_state_dict(params)  # RIFE names, PyTorch layouts
+    state = torch_state_dict(params)  # RIFE names, PyTorch layouts
     assert state["block0.conv0.0.0.weight"].shape == (8, 7, 3, 3)
     assert state["block1.conv0.0.0.weight"].shape == (4, 12, 3, 3)
     assert state["block1.lastconv.0.weight"].shape == (8, 20, 4, 4)
