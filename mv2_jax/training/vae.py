@@ -58,7 +58,6 @@ class AutoencoderStage:
     param_dtype: Any
     settings: Any  # the config's `vae` section
     batch_size: int
-    size: tuple[int, int]  # training images (height, width)
     seed: int
     consts: dict
     _cache: dict = field(default_factory=dict)
@@ -69,19 +68,19 @@ class AutoencoderStage:
         v = config.vae
         compute, params = dtype_of(config.compute_dtype), dtype_of(config.param_dtype)
         vae = build_vae(v.model.to_dict(), compute, params)
-        size = (config.data.height, config.data.width)
+        height, width = config.data.height, config.data.width
         factor = 2 ** (len(vae.block_out_channels) - 1)
-        if size[0] % factor or size[1] % factor:
+        if height % factor or width % factor:
             raise ValueError(
-                f"data {size[0]}×{size[1]}: the VAE downsamples by {factor}; use a height "
-                f"and width that are multiples of {factor}"
+                f"data {height}×{width}: the VAE downsamples by {factor}; use a height and "
+                f"width that are multiples of {factor}"
             )
         discriminator = None
         if v.adv_weight > 0:
             discriminator = PatchDiscriminator(
                 tuple(v.discriminator_channels), dtype=compute, param_dtype=params
             )
-        return cls(vae, discriminator, params, v, config.batch_size, size, config.seed, {})
+        return cls(vae, discriminator, params, v, config.batch_size, config.seed, {})
 
     # ---- the params that train
 
@@ -239,6 +238,8 @@ def export_vae(workdir: str | Path, out: str | Path, step: int | None = None, em
     from mv2_jax.training.checkpoint import checkpoint_dir, restore_params
 
     workdir, out = Path(workdir), Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out}: already exists; export into a new folder")
     directory = checkpoint_dir(workdir)
     if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
         raise FileNotFoundError(
