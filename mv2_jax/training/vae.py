@@ -4,9 +4,9 @@ folder; optionally against a PatchGAN discriminator.
 
 Loss per step, over all frames of the batch (videos `[B,F,…]` fold their frames into the batch):
 
-    L_G = mean|x − D(z)| + kl_weight · KL(q(z|x) ‖ N(0, I)) / (H·W·3)
-          + adv_weight · [step ≥ adv_start_step] · hinge_G(D(z)),    z ~ q(z|x),
-    L_D = hinge_D(x real vs D(z) fake)                                (only with adv_weight > 0).
+    L_G = mean|x − decode(z)| + kl_weight · KL(q(z|x) ‖ N(0, I)) / (H·W·3)
+          + adv_weight · [step ≥ adv_start_step] · hinge_G(decode(z)),    z ~ q(z|x),
+    L_D = hinge_D(x real vs decode(z) fake)        (PatchGAN; only with adv_weight > 0).
 
 The KL is summed over an image's latents and divided by its pixel values, so `kl_weight` means
 what it does in Stable Diffusion's LDM configs (1e-6), where both terms are sums over the image.
@@ -23,7 +23,6 @@ Diffusion's 0.18215 was measured, so the diffusion stages see latents of unit va
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +32,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mv2_jax.models.discriminator import PatchDiscriminator
 from mv2_jax.models.vae import AutoencoderKL
 from mv2_jax.training.stage import dtype_of
 from mv2_jax.training.vfi_losses import hinge_discriminator, hinge_generator, psnr
+from mv2_jax.weights.torch_layout import DIFFUSERS_WEIGHTS, write_torch_layout_folder
 
-WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+WEIGHTS_FILE = DIFFUSERS_WEIGHTS
 
 
 def build_vae(model_config, dtype=jnp.float32, param_dtype=jnp.float32) -> AutoencoderKL:
@@ -176,36 +175,13 @@ class AutoencoderStage:
 # ---- export -------------------------------------------------------------------------------
 
 
-def vae_state_dict(params) -> dict[str, np.ndarray]:
-    """Flax params of `AutoencoderKL` → diffusers' state dict (float32): `down_blocks_0` →
-    `down_blocks.0`, conv kernels `[kh,kw,in,out]` → `[out,in,kh,kw]`, dense kernels
-    transposed, norm `scale` → `weight`."""
-    state = {}
-    for path, value in traverse_util.flatten_dict(dict(params)).items():
-        value = np.asarray(value, np.float32)
-        *modules, leaf = path
-        if leaf == "kernel":
-            value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
-        if leaf in ("kernel", "scale"):
-            leaf = "weight"
-        names = [re.sub(r"_(\d+)$", r".\1", m) for m in modules]
-        state[".".join([*names, leaf])] = np.ascontiguousarray(value)
-    return state
-
-
 def write_vae_folder(folder: str | Path, vae: AutoencoderKL, params, scaling_factor: float):
     """`folder/config.json` (the module's diffusers config with `scaling_factor`) and
-    `folder/diffusion_pytorch_model.safetensors`."""
-    from safetensors.numpy import save_file
-
+    `folder/diffusion_pytorch_model.safetensors` in diffusers' layout."""
     from mv2_jax.training.export import module_config
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     config = {**module_config(vae), "scaling_factor": float(scaling_factor)}
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(vae_state_dict(params), str(folder / WEIGHTS_FILE))
-    return folder
+    return write_torch_layout_folder(folder, config, params, WEIGHTS_FILE)
 
 
 def latent_std(vae: AutoencoderKL, params, batches) -> float:

@@ -126,14 +126,15 @@ def test_written_folder_holds_every_param_in_diffusers_layout(tmp_path):
     import mv2_jax
     from configs.vae import autoencoder
     from mv2_jax.training.stage import module_param_shapes
-    from mv2_jax.training.vae import WEIGHTS_FILE, vae_state_dict, write_vae_folder
+    from mv2_jax.training.vae import WEIGHTS_FILE, write_vae_folder
+    from mv2_jax.weights.torch_layout import torch_state_dict
 
     vae = build_vae(autoencoder((8, 16), groups=4, sample_size=16).to_dict())
     rng = np.random.default_rng(0)
     params = jax.tree.map(
         lambda s: rng.standard_normal(s.shape).astype(np.float32), module_param_shapes(vae)
     )
-    state = vae_state_dict(params)
+    state = torch_state_dict(params)
     assert state["encoder.mid_block.attentions.0.to_out.0.weight"].shape == (16, 16)
     np.testing.assert_array_equal(
         state["decoder.up_blocks.0.upsamplers.0.conv.weight"],
