@@ -148,6 +148,8 @@ def check(args: argparse.Namespace) -> None:
             problems += str(e).splitlines()
     else:
         problems += _t2i_problems(args)
+        if args.ablate:
+            problems.append("--ablate: I2V ablations need --stages cascade")
     if problems:
         raise UsageError("\n".join(dict.fromkeys(problems)))
 

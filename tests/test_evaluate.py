@@ -236,8 +236,9 @@ def test_flag_problems_are_reported_together(tmp_path, capsys):
         "--t2i-steps: at least 1",
     ):
         assert part in err, err
-    assert evaluate.main(["--out", str(tmp_path), "--stages", "t2i"]) == 2
-    assert "--t2i-model: needed" in capsys.readouterr().err
+    assert evaluate.main(["--out", str(tmp_path), "--stages", "t2i", "--ablate", "appearance"]) == 2
+    err = capsys.readouterr().err
+    assert "--t2i-model: needed" in err and "--ablate: I2V ablations need --stages cascade" in err
 
 
 class WorldCascade:
@@ -297,6 +298,33 @@ def test_the_command_runs_end_to_end_and_resumes(monkeypatch, tmp_path, model_fo
     assert evaluate.main(argv) == 0 and len(built) == 1  # all finished: nothing loaded
     assert evaluate.main([*argv[:-2], "--seed", "5", "--compilation-cache", "none"]) == 2
     assert "holds results made with other settings" in capsys.readouterr().err
+
+
+def test_key_images_alone(monkeypatch, tmp_path, model_folders):
+    import mv2_jax
+
+    class WorldImages:  # a perfect T2I pipeline
+        default_size = SIZE
+
+        def __call__(self, prompt, negative_prompt=None, progress=False, **kwargs):
+            from mv2_jax.data.shapes import parse_prompt
+
+            assert kwargs["height"] == kwargs["width"] == SIZE and kwargs["seed"] == 7
+            return world_sample(Combination(*parse_prompt(prompt))).key_image[None]
+
+    monkeypatch.setattr(mv2_jax, "load_pipeline", lambda path, dtype: WorldImages())
+    out = tmp_path / "eval"
+    run = ["--stages", "t2i", "--prompts", "heldout", "--seed", "7", "--examples", "2"]
+    assert evaluate.main([*model_folders[:2], "--out", str(out), *run]) == 0
+    results = json.loads((out / "results.json").read_text())
+    heldout = results["summary"]["heldout"]
+    assert (heldout["count"], heldout["key_colour"], heldout["key_shape"]) == (12, 1.0, 1.0)
+    assert {k for k, v in heldout.items() if v is None} == {
+        "colour", "shape", "motion", "consistent", "first_frame_psnr", "track_rms_px",
+        "track_rms_fraction", "found_fraction",
+    }  # fmt: skip
+    assert results["vfi"] == [] and "video:" not in (out / "results.md").read_text()
+    assert len(list((out / "samples").glob("*.png"))) == 2
 
 
 @pytest.mark.slow

@@ -187,10 +187,18 @@ def _describe(settings: Mapping) -> str:
     """One line on what was evaluated: stages, models, steps, ablations."""
     models = settings.get("models", {})
     parts = [f"stages {settings.get('stages')}"]
-    parts += [f"{stage} {path}" for stage, path in models.items() if path]
+    parts += [f"{stage} {_short(path)}" for stage, path in models.items() if path]
     stages = settings.get("stage_settings", {})
     if stages:
         parts.append("steps " + ", ".join(f"{s} {v['steps']}" for s, v in stages.items()))
     if settings.get("ablate"):
         parts.append("I2V without " + ", ".join(settings["ablate"]))
     return "; ".join(parts)
+
+
+def _short(path: str) -> str:
+    """A model folder relative to the working directory when it is inside it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
