@@ -178,8 +178,10 @@ def test_a_rerun_skips_finished_prompts_and_refuses_other_settings(tmp_path):
     assert len(lines) == 6 and all(json.loads(line)["key"] for line in lines)  # cut line gone
     assert again[::2][:2] == first and all(r["colour"] and r["motion"] for r in again)
     assert (tmp_path / again[-2]["file"]).is_file()  # the last prompt, seed 0, was an example
-    with pytest.raises(SettingsMismatch, match="stage_settings"):
+    with pytest.raises(SettingsMismatch, match=r"stage_settings\.t2i\.steps: 2 there, 3 now"):
         ResultsLog(tmp_path, {**settings, "stage_settings": {"t2i": {"steps": 3}}})
+    ResultsLog(tmp_path / "new", {"a": 1})  # a run that stopped before its first record
+    assert ResultsLog(tmp_path / "new", {"a": 2}).settings == {"a": 2}  # is not held to it
 
     results = write_reports(tmp_path, settings, again, [])
     assert json.loads((tmp_path / "results.json").read_text())["summary"] == results["summary"]

@@ -41,22 +41,18 @@ class ResultsLog:
         self.folder = Path(folder)
         self.settings = json.loads(json.dumps(settings))  # as it reads back from the file
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._check_settings()
         self._records = {r["key"]: r for r in _read_jsonl(self.folder / RECORDS)}
+        self._check_settings()
 
     def _check_settings(self) -> None:
+        """The folder's settings must be these once it holds records; until then (a first
+        run, or one that stopped before its first record) they are (re)written."""
         path = self.folder / SETTINGS
-        if not path.exists():
+        if not self._records or not path.exists():
             path.write_text(json.dumps(self.settings, indent=2) + "\n")
             return
-        stored = json.loads(path.read_text())
-        if stored != self.settings:
-            keys = sorted(set(stored) | set(self.settings))
-            differ = [
-                f"{k}: {stored.get(k)!r} there, {self.settings.get(k)!r} now"
-                for k in keys
-                if stored.get(k) != self.settings.get(k)
-            ]
+        differ = _differences(json.loads(path.read_text()), self.settings)
+        if differ:
             raise SettingsMismatch(
                 f"{self.folder} holds results made with other settings "
                 f"({'; '.join(differ)}); pass another output folder, or delete "
@@ -80,6 +76,18 @@ class ResultsLog:
         """The records of `kind`, in the order of `keys` (those present) or as added."""
         chosen = self._records if keys is None else [k for k in keys if k in self._records]
         return [self._records[k] for k in chosen if self._records[k]["kind"] == kind]
+
+
+def _differences(there, now, where: str = "") -> list[str]:
+    """ "key.sub: X there, Y now" for every leaf where two JSON values differ."""
+    if isinstance(there, dict) and isinstance(now, dict):
+        keys = sorted(set(there) | set(now))
+        return [
+            line
+            for k in keys
+            for line in _differences(there.get(k), now.get(k), f"{where}.{k}" if where else k)
+        ]
+    return [] if there == now else [f"{where}: {there!r} there, {now!r} now"]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
