@@ -13,6 +13,9 @@ the shapes world: 64² images of its `image64` dataset (configs/shapes.py) → 1
   `config.json`; `scaling_factor` is not set here: the export measures it.
 - `vae.kl_weight`: weight of KL(q(z|x) ‖ N(0, I)), summed over an image's latents and divided
   by its pixel values (as Stable Diffusion's LDM configs weigh it against the summed L1: 1e-6).
+- `vae.initial_logvar`: the posterior's log-variance at init (the logvar half of
+  `quant_conv`'s bias); a fresh encoder's ≈ 0 buries latents of about unit scale in unit
+  noise and stalls the reconstruction for hundreds of steps.
 - `vae.adv_weight`: weight of the generator's hinge-GAN term; 0 turns the discriminator off
   (no params, no compute).
 - `vae.adv_start_step`: the step the GAN term joins the loss (the discriminator trains from
@@ -50,6 +53,7 @@ def vae_section() -> ml_collections.ConfigDict:
     v = ml_collections.ConfigDict()
     v.model = autoencoder((16, 32, 64), groups=8, sample_size=64)
     v.kl_weight = 1e-6
+    v.initial_logvar = -6.0  # the posterior's log-variance at init (std e^-3 ≈ 0.05)
     v.adv_weight = 0.0
     v.adv_start_step = 0
     v.discriminator_channels = (32, 64, 128)

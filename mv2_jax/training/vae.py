@@ -93,7 +93,8 @@ class AutoencoderStage:
     def _init(self, key: jax.Array) -> dict:
         image = self._example()
         k_vae, k_disc = jax.random.split(key)
-        params = {"vae": self.vae.init(k_vae, image)["params"]}
+        params = {"vae": with_initial_logvar(self.vae.init(k_vae, image)["params"],
+                                             self.settings.initial_logvar)}  # fmt: skip
         if self.discriminator is not None:
             params["discriminator"] = self.discriminator.init(k_disc, image)["params"]
         return nn.meta.unbox(params)
@@ -170,6 +171,21 @@ class AutoencoderStage:
         )
         metrics.update(adv=adv, d_loss=d_loss, g_loss=g_loss)
         return g_loss + d_loss, metrics
+
+
+def with_initial_logvar(params: dict, logvar: float) -> dict:
+    """`params` with the posterior's log-variance starting at `logvar` (the bias of the logvar
+    half of `quant_conv`, or of the encoder's `conv_out` without it). A fresh encoder's
+    logvar ≈ 0 would put unit noise on latents of about unit scale: the decoder then learns
+    from noise, and L1 stalls (≈19 dB on the shapes world for 500 steps) while the encoder
+    slowly shrinks it."""
+    params = nn.meta.unbox(params)
+    layer = "quant_conv" if "quant_conv" in params else None
+    holder = params[layer] if layer else params["encoder"]["conv_out"]
+    bias = holder["bias"]
+    half = bias.shape[0] // 2
+    holder["bias"] = jnp.asarray(bias).at[half:].set(logvar)
+    return params
 
 
 # ---- export -------------------------------------------------------------------------------

@@ -145,3 +145,14 @@ def test_written_folder_holds_every_param_in_diffusers_layout(tmp_path):
     loaded, loaded_params = mv2_jax.load_component(folder)
     assert loaded.scaling_factor == 0.5 and loaded.mid_block_add_attention
     jax.tree.map(np.testing.assert_array_equal, loaded_params, params)
+
+
+def test_the_posterior_starts_at_the_configured_log_variance():
+    from mv2_jax.training.vae import with_initial_logvar
+
+    params = {"quant_conv": {"bias": np.zeros(8, np.float32), "kernel": np.ones((1, 1, 8, 8))}}
+    bias = with_initial_logvar(params, -6.0)["quant_conv"]["bias"]
+    np.testing.assert_array_equal(bias, [0, 0, 0, 0, -6, -6, -6, -6])  # mean half, logvar half
+    no_quant = {"encoder": {"conv_out": {"bias": np.ones(4, np.float32)}}}
+    bias = with_initial_logvar(no_quant, -3.0)["encoder"]["conv_out"]["bias"]
+    np.testing.assert_array_equal(bias, [1, 1, -3, -3])
