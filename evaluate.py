@@ -39,26 +39,6 @@ from mv2_jax.commands.common import (
 from mv2_jax.evaluation.run import ABLATIONS
 from mv2_jax.evaluation.shapes import PROMPT_SETS, select_prompts
 
-# The cascade's flags that an evaluation sets itself: it makes its own prompts, key images
-# and output files.
-LEFT_OUT = ("prompt", "--image", "--out", "--save-intermediates")
-
-
-class _CascadeFlags:
-    """Stands in for sample.py's table of subcommands: `commands.cascade.add_parser` adds its
-    flags to what `add_parser` returns, and this passes them on to `group`, all but
-    `LEFT_OUT`."""
-
-    def __init__(self, group):
-        self.group = group
-
-    def add_parser(self, name: str, **kwargs):
-        return self
-
-    def add_argument(self, *names, **kwargs):
-        if names[0] not in LEFT_OUT:
-            self.group.add_argument(*names, **kwargs)
-
 
 def prompt_set(text: str) -> str | int:
     if text in PROMPT_SETS:
@@ -124,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group(
         "models and stages", "as `sample.py cascade` takes them (its --help says more)"
     )
-    cascade_command.add_parser(_CascadeFlags(group))
+    cascade_command.add_stage_flags(group)
     parser.set_defaults(prompt=None, image=None, save_intermediates=False)
     return parser
 

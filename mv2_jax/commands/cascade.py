@@ -47,8 +47,21 @@ def add_parser(commands) -> None:
     )
     flag = cascade.add_argument
     flag("prompt", metavar="PROMPT", help="what the video shows")
-    flag("--negative-prompt", metavar="TEXT", help="what to steer away from (every stage)")
     flag("--image", metavar="FILE", help="a key image to start from instead of T2I")
+    add_stage_flags(cascade)
+    flag("--out", default="video.mp4", metavar="PATH", help="the video: .mp4 or .gif")
+    flag(
+        "--save-intermediates",
+        action="store_true",
+        help="also write OUT's name + .key.png, .keyframes.mp4 and .upscaled.mp4",
+    )
+
+
+def add_stage_flags(parser) -> None:
+    """The models and every stage's settings (all flags but the prompt, the key image and the
+    outputs): `evaluate.py` takes them too."""
+    flag = parser.add_argument
+    flag("--negative-prompt", metavar="TEXT", help="what to steer away from (every stage)")
     flag("--t2i-model", metavar="FOLDER", help="SD1.x / SD2.x / SDXL pipeline folder (T2I)")
     flag("--i2v-model", metavar="FOLDER", help="AnimateDiff or ImageToVideoPipeline folder")
     flag(
@@ -117,15 +130,9 @@ def add_parser(commands) -> None:
         metavar="N",
         help="VFI: new frames per batch (default 8)",
     )
-    add_conditioning_flags(cascade)
-    add_device_flags(cascade)
+    add_conditioning_flags(parser)
+    add_device_flags(parser)
     flag("--fps", type=float, default=24.0, help="frame rate of the final video (default 24)")
-    flag("--out", default="video.mp4", metavar="PATH", help="the video: .mp4 or .gif")
-    flag(
-        "--save-intermediates",
-        action="store_true",
-        help="also write OUT's name + .key.png, .keyframes.mp4 and .upscaled.mp4",
-    )
 
 
 def _size(text: str) -> tuple[int, int]:
