@@ -7,6 +7,8 @@ optimisation is turned off: compiles take ~2.5× less time, results are the same
 
 import os
 
+import pytest
+
 _flags = " --xla_force_host_platform_device_count=8"
 if os.environ.get("MV2_TEST_XLA_OPT") != "1":
     _flags += " --xla_backend_optimization_level=0"
@@ -24,3 +26,15 @@ def pytest_collection_modifyitems(config, items):
     while the other idles; the many short modules fill in behind the long ones instead."""
     slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
+
+
+@pytest.fixture
+def shipped(monkeypatch, tmp_path):
+    """The shipped models of this install, pointed at `tmp_path/shipped/STAGE` (absent until a
+    test writes a model_index.json there)."""
+    from mv2_jax.pipelines import shipped
+
+    folders = {stage: tmp_path / "shipped" / stage for stage in ("t2i", "i2v", "v2v")}
+    for stage, folder in folders.items():
+        monkeypatch.setitem(shipped.SHIPPED, stage, folder)
+    return folders

@@ -225,7 +225,7 @@ def test_help_explains_every_flag():
     assert not {"--image", "--save-intermediates"} & flags
 
 
-def test_flag_problems_are_reported_together(tmp_path, capsys):
+def test_flag_problems_are_reported_together(tmp_path, capsys, shipped):
     wrong = ["--prompts", "99", "--seeds", "0", "--skip", "t2i", "--t2i-steps", "0"]
     code = evaluate.main(["--out", str(tmp_path), *wrong])
     err = capsys.readouterr().err

@@ -164,7 +164,21 @@ def test_argparse_errors_also_exit_2(capsys, no_loading, pipeline_folder):
     assert "--model" in capsys.readouterr().err
 
 
-def test_a_prompt_alone_runs_the_cascade_which_names_what_it_needs(capsys, no_loading):
+def test_no_model_flags_run_the_shipped_models(shipped, tmp_path):
+    from mv2_jax.commands.cascade import use_shipped_models
+
+    for folder in shipped.values():
+        folder.mkdir(parents=True)
+        (folder / "model_index.json").write_text("{}")
+    args = sample.build_parser().parse_args(["cascade", "a red circle moving right"])
+    use_shipped_models(args)
+    assert (args.t2i_model, args.i2v_model, args.v2v_model) == tuple(map(str, shipped.values()))
+    args = sample.build_parser().parse_args(["cascade", "a fox", "--i2v-model", "mine"])
+    use_shipped_models(args)  # a model of one's own: no shipped model mixed in
+    assert (args.t2i_model, args.i2v_model, args.v2v_model) == (None, "mine", None)
+
+
+def test_a_prompt_alone_runs_the_cascade_which_names_what_it_needs(capsys, no_loading, shipped):
     assert sample.main(["a red fox running through snow", "--out", "fox.avi"]) == 2
     err = capsys.readouterr().err
     assert "sample.py cascade: error: --i2v-model: needed" in err

@@ -30,6 +30,7 @@ from mv2_jax.commands.i2v import (
     conditioning_problems,
 )
 from mv2_jax.media import VIDEO_SUFFIXES, to_uint8, write_video
+from mv2_jax.pipelines.shipped import shipped_model
 
 SKIPPABLE = ("t2i", "v2v", "vfi")
 DIFFUSION_STAGES = {"t2i": 30, "i2v": 25, "v2v": 20}  # stage → default steps
@@ -62,7 +63,12 @@ def add_stage_flags(parser) -> None:
     outputs): `evaluate.py` takes them too."""
     flag = parser.add_argument
     flag("--negative-prompt", metavar="TEXT", help="what to steer away from (every stage)")
-    flag("--t2i-model", metavar="FOLDER", help="SD1.x / SD2.x / SDXL pipeline folder (T2I)")
+    flag(
+        "--t2i-model",
+        metavar="FOLDER",
+        help="SD1.x / SD2.x / SDXL pipeline folder (T2I); with no model flag at all, the "
+        "shipped shapes-world models run every stage (docs/shapes.md)",
+    )
     flag("--i2v-model", metavar="FOLDER", help="AnimateDiff or ImageToVideoPipeline folder")
     flag(
         "--v2v-model",
@@ -150,8 +156,21 @@ def skipped(args: argparse.Namespace) -> set[str]:
     return stages
 
 
+def use_shipped_models(args: argparse.Namespace) -> None:
+    """No model flags at all: the shipped shapes-world T2I, I2V and V2V (one set; a model of
+    your own for any stage means choosing the others too)."""
+    flags = ("t2i_model", "i2v_model", "v2v_model")
+    if any(getattr(args, flag) is not None for flag in flags):
+        return
+    for flag in flags:
+        folder = shipped_model(flag.split("_")[0])
+        if folder is not None:
+            setattr(args, flag, str(folder))
+
+
 def check(args: argparse.Namespace) -> None:
     """Every cheap check of the flags, all problems at once (sizes are checked by the plan)."""
+    use_shipped_models(args)
     skip = skipped(args)
     problems = [f"--skip {s}: choose from {', '.join(SKIPPABLE)}" for s in skip - {*SKIPPABLE}]
     problems += conditioning_problems(args)
@@ -161,7 +180,12 @@ def check(args: argparse.Namespace) -> None:
         flag = "--" + name.replace("_", "-")
         if value is None:
             if required:
-                problems.append(f"{flag}: needed (no default model ships for this stage yet)")
+                why = (
+                    "with a model of your own for another stage, choose this one's too"
+                    if shipped_model(name.split("_")[0])
+                    else "this install ships no model for it (mv2_jax/assets)"
+                )
+                problems.append(f"{flag}: needed; {why}")
             continue
         try:
             check_model_folder(value)

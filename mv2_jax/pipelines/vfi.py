@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "vfi"
+from mv2_jax.pipelines.shipped import SHIPPED
+
+SHIPPED_WEIGHTS = SHIPPED["vfi"]
 COMPONENT = "interpolator"  # the model's subfolder in a FrameInterpolationPipeline folder
 
 
