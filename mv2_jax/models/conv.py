@@ -1,10 +1,14 @@
 """Channels-last convolution that picks the fastest exact algorithm for the platform and shape.
 
-On GPU/TPU XLA's own convolution is used. XLA's CPU convolution is slow at the UNet's shapes,
-so on CPU: 1×1 kernels are a matmul; small feature maps (≤ 16×16) are one matmul over gathered
+On GPU/TPU XLA's own convolution is used. XLA's CPU convolution is slow at the UNet's shapes
+(hundreds of channels), so on CPU, for convolutions with ≥ 128 input and output channels: 1×1
+kernels are a matmul; small feature maps (≤ 16×16) are one matmul over gathered
 patches (im2col, up to 2.8× faster); larger 3×3 stride-1 maps use Winograd F(2×2, 3×3)
 (Lavin & Gray 2016, arXiv:1509.09308) in row bands that stay in cache (up to 1.65× faster).
 All forms agree with `lax.conv_general_dilated` to fp32 rounding (relative error ~2e-6).
+Narrower convolutions (the shapes world's models, ≤ 64 channels) stay XLA's: there the forms
+above compile 2–6× slower (thousands of slices and adds) and run no faster (measured at 16²–32²
+latents: UNet 6.2 vs 14.4 s to compile, a 128² VAE decode 2.0 vs 11.3 s).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+_CUSTOM_MIN_CHANNELS = 128  # below (in or out): XLA's own convolution on CPU too
 _PATCH_MATMUL_MAX_POSITIONS = 256
 # Winograd runs in bands of tile rows: about this many matmul rows (tiles) per band keeps the
 # matmuls efficient and the 16 transformed planes in cache (tuned in benchmarks/unet_step.py).
@@ -54,7 +59,8 @@ class Conv(nn.Module):
 
     def _convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         rank = len(self.kernel_size)
-        if jax.default_backend() == "cpu":
+        wide = min(x.shape[-1], self.features) >= _CUSTOM_MIN_CHANNELS
+        if jax.default_backend() == "cpu" and wide:
             out_spatial = [
                 (size + lo + hi - k) // s + 1
                 for size, (lo, hi), k, s in zip(

@@ -1,5 +1,6 @@
 """Every algorithm `Conv` may pick (matmul, im2col, banded Winograd, XLA) equals XLA's
-convolution in float64 numpy terms, for odd sizes, strides, paddings and ranks (no torch)."""
+convolution in float64 numpy terms, for odd sizes, strides, paddings and ranks (no torch); the
+CPU forms are only picked for wide convolutions."""
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,8 @@ CASES = [  # input spatial, kernel, stride, padding
 
 
 @pytest.mark.parametrize("spatial,window,strides,padding", CASES)
-def test_conv_matches_xla(spatial, window, strides, padding):
+def test_conv_matches_xla(spatial, window, strides, padding, monkeypatch):
+    monkeypatch.setattr(conv_module, "_CUSTOM_MIN_CHANNELS", 1)  # the CPU forms at any width
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, *spatial, 6), np.float32)
     module = Conv(5, window, strides, padding)
@@ -66,3 +68,12 @@ def test_winograd_bands(monkeypatch, band_tiles):
     kernel = rng.standard_normal((3, 3, 7, 9), np.float32)
     out = jax.jit(winograd_3x3)(x, kernel)
     assert relative_error(out, _reference(x, kernel, (1, 1), ((1, 1), (1, 1)))) <= 1e-5
+
+
+@pytest.mark.parametrize("channels,custom", [(64, False), (128, True)])
+def test_cpu_forms_only_for_wide_convolutions(channels, custom):
+    x = jnp.zeros((1, 12, 12, channels))
+    module = Conv(channels, (3, 3), (1, 1), ((1, 1), (1, 1)))
+    params = jax.eval_shape(module.init, jax.random.key(0), x)
+    text = jax.jit(module.apply).lower(params, x).as_text()
+    assert ("convolution" in text) != (custom and jax.default_backend() == "cpu")
