@@ -74,6 +74,8 @@ class AutoencoderStage:
                 f"data {height}×{width}: the VAE downsamples by {factor}; use a height and "
                 f"width that are multiples of {factor}"
             )
+        if v.reconstruction_loss not in ("l1", "mse"):
+            raise ValueError(f"vae.reconstruction_loss={v.reconstruction_loss!r}: l1 or mse")
         discriminator = None
         if v.adv_weight > 0:
             discriminator = PatchDiscriminator(
@@ -147,11 +149,15 @@ class AutoencoderStage:
         z = mean + jnp.exp(0.5 * logvar) * noise.reshape(mean.shape)
         recon = self.vae.apply({"params": params["vae"]}, z, method="decode")
         recon = recon.astype(jnp.float32)
-        l1 = jnp.mean(jnp.abs(recon - images))
+        error = recon - images
+        l1 = jnp.mean(jnp.abs(error))
+        mse = jnp.mean(error**2)
+        reconstruction = {"l1": l1, "mse": mse}[s.reconstruction_loss]
         kl = jnp.mean(0.5 * jnp.sum(mean**2 + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3)))
-        g_loss = l1 + s.kl_weight * kl / np.prod(images.shape[1:])
+        g_loss = reconstruction + s.kl_weight * kl / np.prod(images.shape[1:])
         metrics = {
             "l1": l1,
+            "mse": mse,
             "kl": kl,
             "latent_std": jnp.std(mean),
             "psnr": psnr((jnp.clip(recon, -1, 1) + 1) / 2, (images + 1) / 2),

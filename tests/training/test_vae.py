@@ -156,3 +156,14 @@ def test_the_posterior_starts_at_the_configured_log_variance():
     no_quant = {"encoder": {"conv_out": {"bias": np.ones(4, np.float32)}}}
     bias = with_initial_logvar(no_quant, -3.0)["encoder"]["conv_out"]["bias"]
     np.testing.assert_array_equal(bias, [1, 1, -3, -3])
+
+
+def test_an_unknown_reconstruction_loss_is_named():
+    from configs.vae import get_config
+    from mv2_jax.parallel.mesh import make_mesh
+    from mv2_jax.training.vae import AutoencoderStage
+
+    config = get_config("tiny")
+    config.vae.reconstruction_loss = "l3"
+    with pytest.raises(ValueError, match=r"vae.reconstruction_loss='l3': l1 or mse"):
+        AutoencoderStage.from_config(config, None, make_mesh("data:-1"))
