@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mv2_jax.commands import cascade as cascade_command
 from mv2_jax.commands.common import (
-    RUN_ERRORS,
     SCHEDULERS,
     UsageError,
     build_mesh,
     check_model_folder,
     dtype_of,
+    run_reporting_errors,
     use_compilation_cache,
     versions,
 )
@@ -283,15 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     use_compilation_cache(args.compilation_cache)
-    try:
-        return run(args, argv)
-    except UsageError as e:
-        for line in str(e).splitlines():
-            print(f"evaluate.py: error: {line}", file=sys.stderr)
-        return 2
-    except RUN_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_reporting_errors("evaluate.py", run, args, argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mv2_jax.commands import cascade, i2v, t2i, t2v, v2v, vfi
-from mv2_jax.commands.common import RUN_ERRORS, UsageError, use_compilation_cache
+from mv2_jax.commands.common import run_reporting_errors, use_compilation_cache
 
 COMMANDS = {"cascade": cascade, "t2i": t2i, "t2v": t2v, "i2v": i2v, "v2v": v2v, "vfi": vfi}
 COMING: dict[str, str] = {}
@@ -58,15 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     use_compilation_cache(getattr(args, "compilation_cache", None))
-    try:
-        return COMMANDS[args.command].run(args, argv)
-    except UsageError as e:
-        for line in str(e).splitlines():
-            print(f"sample.py {args.command}: error: {line}", file=sys.stderr)
-        return 2
-    except RUN_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_reporting_errors(f"sample.py {args.command}", COMMANDS[args.command].run, args, argv)
 
 
 if __name__ == "__main__":

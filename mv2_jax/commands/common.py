@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 from pathlib import Path
 
 import flax
@@ -28,6 +29,20 @@ class UsageError(Exception):
 # What loading a model or running it raises for bad input (a mismatched checkpoint, a size the
 # model cannot take, an unreadable file): reported as `error: ...`, exit code 1.
 RUN_ERRORS = (OSError, ValueError, NotImplementedError, TypeError)
+
+
+def run_reporting_errors(prog: str, run, args: argparse.Namespace, argv: list[str]) -> int:
+    """`run(args, argv)`'s exit code, with the errors a user can fix reported in one line each:
+    a UsageError as `PROG: error: …` (exit 2), `RUN_ERRORS` as `error: …` (exit 1)."""
+    try:
+        return run(args, argv)
+    except UsageError as e:
+        for line in str(e).splitlines():
+            print(f"{prog}: error: {line}", file=sys.stderr)
+        return 2
+    except RUN_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def add_model_flag(parser: argparse.ArgumentParser, kind: str = "an SD1.x / SD2.x / SDXL") -> None:
