@@ -14,12 +14,14 @@ from the previous checkpoint.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import grain
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
@@ -131,16 +133,32 @@ def restore(manager: ocp.CheckpointManager, abstract_state, iterator, expected_m
     )
 
 
+def run_config(workdir: str | os.PathLike, stage: str | None = None):
+    """The config a train.py run saved (`WORKDIR/config.json`), checked to be of `stage`."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; is {workdir} a train.py workdir?")
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    if stage is not None and config.stage != stage:
+        raise ValueError(f"{workdir}: a {config.stage!r} run, not a {stage} run")
+    return config
+
+
 def restore_params(workdir: str | os.PathLike, step: int | None = None, ema: bool = False):
     """The trained model's params of a run's checkpoint (the latest unless `step`), as numpy
     arrays on the host; `ema=True` puts the EMA weights in place of the trained ones."""
     directory = checkpoint_dir(workdir)
+    none_yet = FileNotFoundError(
+        f"{workdir}: no checkpoint yet (none finished in {directory}); train it first "
+        f"(python train.py --config CONFIG --workdir {workdir}) or wait for its first "
+        "checkpoint (config.checkpoint_every steps)"
+    )
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: no checkpoints; is {workdir} a train.py workdir?")
+        raise none_yet
     with ocp.CheckpointManager(directory, item_handlers=_item_handlers()) as manager:
         steps = manager.all_steps()
         if not steps:
-            raise FileNotFoundError(f"{directory}: no finished checkpoint yet")
+            raise none_yet
         if step is None:
             step = max(steps)
         elif step not in steps:

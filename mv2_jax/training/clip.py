@@ -23,19 +23,15 @@ distinct this is exactly CLIP's loss. Accuracy counts a retrieval as right when 
 match is any positive.
 
 The tokenizer folder is `clip.tokenizer` when set; else the stage builds the project's
-tokenizer (`write_bpe_tokenizer`, deterministic) into `WORKDIR/tokenizer` when `from_config`
-is given the workdir. The trainer does not pass it today, so a run builds the tokenizer in a
-temporary folder and the export writes `WORKDIR/tokenizer` (the same build: the export checks
-its size against the trained token table).
+tokenizer (`write_bpe_tokenizer`, deterministic) into `WORKDIR/tokenizer`, where the export
+reads it (and checks its size against the trained token table).
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import re
 import shutil
-import tempfile
 import zlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -47,12 +43,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from jax.sharding import NamedSharding, PartitionSpec
 
 from mv2_jax.models.clip import CLIPTextModelWithProjection
 from mv2_jax.models.clip_vision import CLIP_MEAN, CLIP_STD, CLIPVisionModelWithProjection
 from mv2_jax.pipelines.text import load_tokenizer
-from mv2_jax.training.stage import dtype_of
+from mv2_jax.training.stage import FreshModelStage, dtype_of
 
 MAX_LOGIT_SCALE = float(np.log(100.0))  # CLIP caps the temperature at 1/100
 
@@ -226,7 +221,7 @@ def init_params(shapes: dict, seed: int, temperature: float) -> dict:
 
 
 @dataclass
-class ContrastiveStage:
+class ContrastiveStage(FreshModelStage):
     needs_pipeline: ClassVar[bool] = False  # builds its models from the config
 
     text: CLIPTextModelWithProjection
@@ -241,18 +236,19 @@ class ContrastiveStage:
     @classmethod
     def from_config(cls, config, pipeline: Path | None, mesh, workdir=None) -> ContrastiveStage:
         """The stage of `config` (`pipeline` is unused: the models come from `config.clip`);
-        `workdir` is where the built tokenizer is kept, if given."""
+        `workdir` is where the built tokenizer is kept (`tokenizer_folder`)."""
         s = config.clip
         if config.data.precomputed_dir:
             raise ValueError(
                 "stage clip reads pixels and captions: set config.data.video_dir / image_dir, "
                 "not precomputed_dir"
             )
-        if s.tokenizer or workdir is not None:
-            tokenizer = load_tokenizer(tokenizer_folder(s, workdir))
-        else:
-            with tempfile.TemporaryDirectory(prefix="clip_tokenizer_") as tmp:
-                tokenizer = load_tokenizer(tokenizer_folder(s, Path(tmp)))
+        if not s.tokenizer and workdir is None:
+            raise ValueError(
+                "clip.tokenizer='': the project's tokenizer is built into the run's folder; "
+                "pass workdir= (train.py does) or set clip.tokenizer to a tokenizer folder"
+            )
+        tokenizer = load_tokenizer(tokenizer_folder(s, workdir))
         compute, params = dtype_of(config.compute_dtype), dtype_of(config.param_dtype)
         kw = dict(dtype=compute, param_dtype=params)
         return cls(
@@ -268,23 +264,17 @@ class ContrastiveStage:
 
     # ---- the params that train
 
-    def param_shapes(self) -> dict:
+    def _init(self, key: jax.Array) -> dict:
+        """The param tree (its shapes are what `load_params` fills, drawn on the host)."""
         size = self.vision.image_size
-
-        def init(key):
-            k_text, k_vision = jax.random.split(key)
-            text = self.text.init(k_text, jnp.zeros((1, 1), jnp.int32))["params"]
-            vision = self.vision.init(k_vision, jnp.zeros((1, size, size, 3)))["params"]
-            return {"text": nn.meta.unbox(text), "vision": nn.meta.unbox(vision)}
-
-        shapes = jax.eval_shape(init, jax.random.key(0))
-        shapes["logit_scale"] = jax.ShapeDtypeStruct((), jnp.float32)
-        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, self.param_dtype), shapes)
-
-    def param_shardings(self, mesh, rules) -> dict:
-        """Replicated: the models are small; the batch is what spreads over the devices."""
-        replicated = NamedSharding(mesh, PartitionSpec())
-        return jax.tree.map(lambda _: replicated, self.param_shapes())
+        k_text, k_vision = jax.random.split(key)
+        text = self.text.init(k_text, jnp.zeros((1, 1), jnp.int32))["params"]
+        vision = self.vision.init(k_vision, jnp.zeros((1, size, size, 3)))["params"]
+        return {
+            "text": nn.meta.unbox(text),
+            "vision": nn.meta.unbox(vision),
+            "logit_scale": jnp.zeros((), jnp.float32),
+        }
 
     def load_params(self, shardings=None) -> dict:
         """Fresh params from `config.seed` (`init_params`), placed on `shardings`."""
@@ -292,9 +282,6 @@ class ContrastiveStage:
         if shardings is None:
             return jax.tree.map(jnp.asarray, params)
         return jax.device_put(params, shardings)
-
-    def trainable_patterns(self, patterns) -> tuple[str, ...]:
-        return tuple(patterns)
 
     # ---- host side
 
@@ -342,18 +329,10 @@ def export_clip(workdir: str | Path, out: str | Path, step: int | None = None, e
     transformer without its projection, which diffusion stages condition on),
     `out/image_encoder` (`CLIPVisionModelWithProjection`) and `out/tokenizer`; all read by
     `load_component` / `load_tokenizer` and by transformers' `from_pretrained`."""
-    import ml_collections
+    from mv2_jax.training.checkpoint import restore_params, run_config
 
-    from mv2_jax.training.checkpoint import restore_params
-
-    workdir, out = Path(workdir), Path(out)
-    config_path = workdir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: missing; is {workdir} a train.py workdir?")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    if config.stage != "clip":
-        raise ValueError(f"{workdir}: a {config.stage!r} run, not a clip run")
-    params = restore_params(workdir, step, ema)  # clear errors when there is no checkpoint
+    config = run_config(workdir, "clip")
+    params = restore_params(workdir, step, ema)
     return write_clip_folders(out, config.clip, params, tokenizer_folder(config.clip, workdir))
 
 
@@ -361,21 +340,17 @@ def write_clip_folders(out: str | Path, settings, params: dict, tokenizer: str |
     """`out/{text_encoder,image_encoder,tokenizer}` (see `export_clip`) from the stage's
     `params`, its `clip` config section and its tokenizer folder; `out` must not exist."""
     from mv2_jax.weights.clip import text_model_folder, vision_model_folder
+    from mv2_jax.weights.new_folder import new_folder
 
-    out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out}: already exists; export into a new folder")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(tokenizer, partial / "tokenizer")
-    text = text_config(settings, load_tokenizer(partial / "tokenizer"))
+    text = text_config(settings, load_tokenizer(tokenizer))
     rows = params["text"]["text_model"]["embeddings"]["token_embedding"]["embedding"].shape[0]
     if rows != text["vocab_size"]:
         raise ValueError(
             f"the trained token table has {rows} rows but the tokenizer gives vocab_size "
             f"{text['vocab_size']}; export with the run's own tokenizer folder"
         )
-    text_model_folder(partial / "text_encoder", text, params["text"])
-    vision_model_folder(partial / "image_encoder", vision_config(settings), params["vision"])
-    partial.rename(out)  # all or nothing: a crash leaves only the .partial folder
-    return out
+    with new_folder(out) as partial:
+        shutil.copytree(tokenizer, partial / "tokenizer")
+        text_model_folder(partial / "text_encoder", text, params["text"])
+        vision_model_folder(partial / "image_encoder", vision_config(settings), params["vision"])
+    return Path(out)

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
-import ml_collections
 
-from mv2_jax.training.checkpoint import restore_params
+from mv2_jax.training.checkpoint import restore_params, run_config
 from mv2_jax.weights.convert import write_component
 from mv2_jax.weights.load import read_config
+from mv2_jax.weights.new_folder import new_folder
 
 # Stages that are not a pipeline built on config.model.pipeline write their own folder:
 # `export(workdir, out, step, ema) -> out`, imported when asked for.
@@ -81,10 +81,7 @@ def export_pipeline(
     workdir, out = Path(workdir), Path(out)
     if out.exists():
         raise FileExistsError(f"{out}: already exists; export into a new folder")
-    config_path = workdir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: missing; is {workdir} a train.py workdir?")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    config = run_config(workdir)
     if config.stage in OWN_EXPORTERS:
         module, function = OWN_EXPORTERS[config.stage].split(":")
         return getattr(importlib.import_module(module), function)(workdir, out, step, ema)
@@ -99,22 +96,20 @@ def export_pipeline(
     else:
         raise NotImplementedError(f"exporting a {config.stage!r} run; supported: t2i, i2v, v2v")
 
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
     index = json.loads((pipeline / "model_index.json").read_text())
-    for name, entry in index.items():
-        if isinstance(entry, list) and entry[0] and name not in components:
-            if name == "motion_adapter":  # merged into the exported motion UNet
-                index[name] = [None, None]
-            elif (pipeline / name).is_dir():
-                shutil.copytree(pipeline / name, partial / name)
-    for name, (component_config, component_params) in components.items():
-        write_component(partial / name, component_config, component_params)
-        index[name] = ["diffusers", component_config["_class_name"]]
-    if index_class:
-        index["_class_name"] = index_class
-    (partial / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    partial.rename(out)  # all or nothing: a crash leaves only the .partial folder
+    with new_folder(out) as partial:
+        for name, entry in index.items():
+            if isinstance(entry, list) and entry[0] and name not in components:
+                if name == "motion_adapter":  # merged into the exported motion UNet
+                    index[name] = [None, None]
+                elif (pipeline / name).is_dir():
+                    shutil.copytree(pipeline / name, partial / name)
+        for name, (component_config, component_params) in components.items():
+            write_component(partial / name, component_config, component_params)
+            index[name] = ["diffusers", component_config["_class_name"]]
+        if index_class:
+            index["_class_name"] = index_class
+        (partial / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return out
 
 

@@ -63,7 +63,7 @@ class ImageToVideoStage(LatentDiffusionStage):
     seed: int
 
     @classmethod
-    def from_config(cls, config, pipeline: Path, mesh, **fields) -> ImageToVideoStage:
+    def from_config(cls, config, pipeline: Path, mesh, workdir=None, **fields) -> ImageToVideoStage:
         """The stage of `config` from the `pipeline` folder (`fields`: a subclass's own)."""
         unet_folder, adapter = motion_unet_source(config, pipeline)
         unet = cls.unet_module(config, motion_unet_config(unet_folder, adapter), str(unet_folder))

@@ -29,7 +29,8 @@ def precompute(config, workdir: str | Path, out_dir: str | Path, num_examples: i
     check_config(config)
     workdir = Path(workdir).absolute()
     mesh = make_mesh(config.mesh)
-    stage = stage_class(config.stage).from_config(config, model_folder(config, workdir), mesh)
+    folder = model_folder(config, workdir)
+    stage = stage_class(config.stage).from_config(config, folder, mesh, workdir=workdir)
     consts = jax.device_put(stage.consts, NamedSharding(mesh, PartitionSpec()))
     encode = jax.jit(stage.encode_for_precompute)
 

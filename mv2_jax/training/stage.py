@@ -10,6 +10,7 @@ included), `trainable_patterns(globs)`, `consts` (frozen arrays the loss reads),
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,38 @@ def module_param_shapes(module) -> dict:
     from mv2_jax.weights.registry import family_of, param_shapes
 
     return param_shapes(module, family_of(module))
+
+
+class FreshModelStage:
+    """The params of a stage whose small models are built from the config and start fresh
+    (the VAE, CLIP and VFI stages): the stage writes `_init(key)` (the whole param tree of a
+    key) and has `seed` and `param_dtype`; params are replicated (the models are small; the
+    batch is what spreads over the devices)."""
+
+    def _init(self, key: jax.Array) -> dict:
+        raise NotImplementedError
+
+    @functools.cached_property
+    def _shapes(self) -> dict:  # the trainer asks more than once; tracing takes seconds
+        shapes = jax.eval_shape(self._init, jax.random.key(0, impl="rbg"))
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, self.param_dtype), shapes)
+
+    def param_shapes(self) -> dict:
+        return self._shapes
+
+    def param_shardings(self, mesh, rules) -> dict:
+        replicated = NamedSharding(mesh, PartitionSpec())
+        return jax.tree.map(lambda _: replicated, self.param_shapes())
+
+    def load_params(self, shardings=None) -> dict:
+        """Fresh params from the stage's `seed`, placed on `shardings`."""
+        # rbg: XLA:CPU compiles a threefry init of many params slowly.
+        key = jax.random.key(self.seed, impl="rbg")
+        params = jax.jit(self._init, out_shardings=shardings)(key)
+        return jax.tree.map(lambda p: p.astype(self.param_dtype), params)
+
+    def trainable_patterns(self, patterns) -> tuple[str, ...]:
+        return tuple(patterns)
 
 
 @dataclass

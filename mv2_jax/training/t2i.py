@@ -23,7 +23,7 @@ class TextToImageStage(LatentDiffusionStage):
     unet_folder: Path
 
     @classmethod
-    def from_config(cls, config, pipeline: Path, mesh) -> TextToImageStage:
+    def from_config(cls, config, pipeline: Path, mesh, workdir=None) -> TextToImageStage:
         """The stage of `config` starting from the `pipeline` folder; the frozen encoders'
         params are replicated over `mesh` (every process holds them whole)."""
         unet_folder = pipeline / "unet"

@@ -27,9 +27,10 @@ from mv2_jax.training.step import make_train_step
 log = logging.getLogger(__name__)
 
 # config.stage → its class, imported when a run asks for it. A stage class has
-# `from_config(config, pipeline_folder_or_None, mesh)` and the methods listed in
-# mv2_jax/training/stage.py; `needs_pipeline = False` if it builds its model from the config,
-# and `make_data_iterator(config)` if it makes its own data instead of reading config.data.
+# `from_config(config, pipeline_folder_or_None, mesh, workdir=None)` (workdir: the run's folder,
+# for files a stage keeps there) and the methods listed in mv2_jax/training/stage.py;
+# `needs_pipeline = False` if it builds its model from the config, and
+# `make_data_iterator(config)` if it makes its own data instead of reading config.data.
 STAGES = {
     "t2i": "mv2_jax.training.t2i:TextToImageStage",
     "i2v": "mv2_jax.training.i2v:ImageToVideoStage",
@@ -146,7 +147,7 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
     mesh = make_mesh(config.mesh)
     rules = tuple(tuple(rule) for rule in config.sharding_rules)
     folder = model_folder(config, workdir) if uses_pipeline(config) else None
-    stage = stage_class(config.stage).from_config(config, folder, mesh)
+    stage = stage_class(config.stage).from_config(config, folder, mesh, workdir=workdir)
     param_shardings = stage.param_shardings(mesh, rules)
     abstract_params = jax.tree.map(
         lambda s, sharding: jax.ShapeDtypeStruct(s.shape, stage.param_dtype, sharding=sharding),

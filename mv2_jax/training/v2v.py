@@ -82,7 +82,7 @@ class VideoToVideoStage(ImageToVideoStage):
     appearance_folder: Path | None = None  # the pipeline's trained appearance encoder
 
     @classmethod
-    def from_config(cls, config, pipeline: Path, mesh) -> VideoToVideoStage:
+    def from_config(cls, config, pipeline: Path, mesh, workdir=None) -> VideoToVideoStage:
         if config.data.precomputed_dir:
             raise ValueError(
                 "data.precomputed_dir: the v2v stage makes each clip's low-res input from its "

@@ -22,9 +22,7 @@ Diffusion's 0.18215 was measured, so the diffusion stages see latents of unit va
 
 from __future__ import annotations
 
-import json
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,11 +30,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from mv2_jax.models.discriminator import PatchDiscriminator
 from mv2_jax.models.vae import AutoencoderKL
-from mv2_jax.training.stage import dtype_of
+from mv2_jax.training.stage import FreshModelStage, dtype_of
 from mv2_jax.training.vfi_losses import hinge_discriminator, hinge_generator, psnr
 from mv2_jax.weights.torch_layout import DIFFUSERS_WEIGHTS, write_torch_layout_folder
 
@@ -49,7 +46,7 @@ def build_vae(model_config, dtype=jnp.float32, param_dtype=jnp.float32) -> Autoe
 
 
 @dataclass
-class AutoencoderStage:
+class AutoencoderStage(FreshModelStage):
     needs_pipeline: ClassVar[bool] = False  # builds its model from config.vae.model
 
     vae: AutoencoderKL
@@ -59,10 +56,9 @@ class AutoencoderStage:
     batch_size: int
     seed: int
     consts: dict
-    _cache: dict = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, config, pipeline: Path | None, mesh) -> AutoencoderStage:
+    def from_config(cls, config, pipeline: Path | None, mesh, workdir=None) -> AutoencoderStage:
         """The stage of `config` (`pipeline` is unused: the model comes from `config.vae`)."""
         v = config.vae
         compute, params = dtype_of(config.compute_dtype), dtype_of(config.param_dtype)
@@ -100,26 +96,6 @@ class AutoencoderStage:
         if self.discriminator is not None:
             params["discriminator"] = self.discriminator.init(k_disc, image)["params"]
         return nn.meta.unbox(params)
-
-    def param_shapes(self) -> dict:
-        if "shapes" not in self._cache:  # the trainer asks more than once; tracing takes seconds
-            self._cache["shapes"] = jax.eval_shape(self._init, jax.random.key(0, impl="rbg"))
-        return self._cache["shapes"]
-
-    def param_shardings(self, mesh, rules) -> dict:
-        """Replicated: the models are small; the batch is what spreads over the devices."""
-        replicated = NamedSharding(mesh, PartitionSpec())
-        return jax.tree.map(lambda _: replicated, self.param_shapes())
-
-    def load_params(self, shardings=None) -> dict:
-        """Fresh params from `config.seed`, placed on `shardings`."""
-        # rbg: XLA:CPU compiles a threefry init of many params slowly.
-        key = jax.random.key(self.seed, impl="rbg")
-        params = jax.jit(self._init, out_shardings=shardings)(key)
-        return jax.tree.map(lambda p: p.astype(self.param_dtype), params)
-
-    def trainable_patterns(self, patterns) -> tuple[str, ...]:
-        return tuple(patterns)
 
     # ---- host side
 
@@ -231,28 +207,17 @@ def export_vae(workdir: str | Path, out: str | Path, step: int | None = None, em
     """The autoencoder of a vae run (EMA by default, the latest checkpoint unless `step`) as an
     `AutoencoderKL` component folder at `out`, with `scaling_factor` = 1/std of its latents
     over `config.vae.scale_batches` batches of the run's data."""
-    import ml_collections
+    from mv2_jax.training.checkpoint import restore_params, run_config
+    from mv2_jax.weights.new_folder import new_folder
 
-    from mv2_jax.training.checkpoint import checkpoint_dir, restore_params
-
-    workdir, out = Path(workdir), Path(out)
-    if out.exists():
+    if Path(out).exists():  # before the minutes of restoring and measuring
         raise FileExistsError(f"{out}: already exists; export into a new folder")
-    directory = checkpoint_dir(workdir)
-    if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
-        raise FileNotFoundError(
-            f"{workdir}: the vae run has no checkpoint yet (nothing in {directory}); train it "
-            "first (python train.py --config configs/vae.py:shapes --workdir "
-            f"{workdir}) or wait for its first checkpoint_every steps"
-        )
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    config = run_config(workdir, "vae")
     params = restore_params(workdir, step, ema)["vae"]
     vae = build_vae(config.vae.model.to_dict())
     std = latent_std(vae, params, data_batches(config, config.vae.scale_batches))
     if not std > 0:
         raise ValueError(f"{workdir}: the latents have std {std}; is the model trained?")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    write_vae_folder(partial, vae, params, 1.0 / std)
-    partial.rename(out)  # all or nothing: a crash leaves only the .partial folder
-    return out
+    with new_folder(out) as partial:
+        write_vae_folder(partial, vae, params, 1.0 / std)
+    return Path(out)

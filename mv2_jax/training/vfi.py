@@ -16,7 +16,6 @@ L_D = hinge_D on (frame0, frame_t, frame1) real vs (frame0, generated, frame1) f
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,22 +23,16 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from mv2_jax.models.config import module_from_config
 from mv2_jax.models.discriminator import PatchDiscriminator
 from mv2_jax.models.vfi import FrameInterpolator
 from mv2_jax.training import vfi_losses
-from mv2_jax.training.stage import dtype_of
-
-
-def _module_shapes(module, *args) -> dict:
-    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), *args))
-    return variables["params"]
+from mv2_jax.training.stage import FreshModelStage, dtype_of
 
 
 @dataclass
-class FrameInterpolationStage:
+class FrameInterpolationStage(FreshModelStage):
     needs_pipeline: ClassVar[bool] = False  # builds its model from the config, makes its data
 
     generator: FrameInterpolator
@@ -52,7 +45,9 @@ class FrameInterpolationStage:
     consts: dict
 
     @classmethod
-    def from_config(cls, config, pipeline: Path | None, mesh) -> FrameInterpolationStage:
+    def from_config(
+        cls, config, pipeline: Path | None, mesh, workdir=None
+    ) -> FrameInterpolationStage:
         """The stage of `config` (`pipeline` is unused: the model comes from `config.vfi`)."""
         v = config.vfi
         compute, params = dtype_of(config.compute_dtype), dtype_of(config.param_dtype)
@@ -84,38 +79,14 @@ class FrameInterpolationStage:
         frame = jnp.zeros((1, max(m, 16), max(m, 16), 3))
         return frame, frame, jnp.full((1,), 0.5)
 
-    def param_shapes(self) -> dict:
+    def _init(self, key: jax.Array) -> dict:
         frame0, frame1, t = self._example()
         triplet = jnp.concatenate([frame0, frame0, frame1], axis=-1)
+        k_gen, k_disc = jax.random.split(key)
         return {
-            "generator": _module_shapes(self.generator, frame0, frame1, t),
-            "discriminator": _module_shapes(self.discriminator, triplet),
+            "generator": self.generator.init(k_gen, frame0, frame1, t)["params"],
+            "discriminator": self.discriminator.init(k_disc, triplet)["params"],
         }
-
-    def param_shardings(self, mesh, rules) -> dict:
-        """Replicated: the models are small; the batch is what spreads over the devices."""
-        replicated = NamedSharding(mesh, PartitionSpec())
-        return jax.tree.map(lambda _: replicated, self.param_shapes())
-
-    def load_params(self, shardings=None) -> dict:
-        """Fresh params from `config.seed`, placed on `shardings`."""
-        frame0, frame1, t = self._example()
-        triplet = jnp.concatenate([frame0, frame0, frame1], axis=-1)
-
-        def init(key):
-            k_gen, k_disc = jax.random.split(key)
-            return {
-                "generator": self.generator.init(k_gen, frame0, frame1, t)["params"],
-                "discriminator": self.discriminator.init(k_disc, triplet)["params"],
-            }
-
-        # rbg: XLA:CPU compiles a threefry init of these ~40 params in tens of seconds.
-        key = jax.random.key(self.seed, impl="rbg")
-        params = jax.jit(init, out_shardings=shardings)(key)
-        return jax.tree.map(lambda p: p.astype(self.param_dtype), params)
-
-    def trainable_patterns(self, patterns) -> tuple[str, ...]:
-        return tuple(patterns)
 
     # ---- data (host side)
 
@@ -194,12 +165,13 @@ class FrameInterpolationStage:
 def export_vfi(workdir: str | Path, out: str | Path, step: int | None = None, ema: bool = True):
     """The generator of a vfi run (EMA by default) as a `FrameInterpolator` component folder
     (`config.json` + `diffusion_pytorch_model.safetensors`) that `load_component` reads."""
-    import ml_collections
-
-    from mv2_jax.training.checkpoint import restore_params
+    from mv2_jax.training.checkpoint import restore_params, run_config
+    from mv2_jax.weights.new_folder import new_folder
     from mv2_jax.weights.vfi import write_vfi_folder
 
-    config = ml_collections.ConfigDict(json.loads((Path(workdir) / "config.json").read_text()))
+    config = run_config(workdir, "vfi")
     params = restore_params(workdir, step, ema)["generator"]
     model = module_from_config(FrameInterpolator, config.vfi.model.to_dict())
-    return write_vfi_folder(out, model, params)
+    with new_folder(out) as partial:
+        write_vfi_folder(partial, model, params)
+    return Path(out)

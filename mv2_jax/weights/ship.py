@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from mv2_jax.weights.convert import write_component
 from mv2_jax.weights.load import load_component, read_config
+from mv2_jax.weights.new_folder import new_folder
 
 
 def folder_digest(folder: Path) -> str:
@@ -38,10 +39,12 @@ def ship_pipelines(sources: dict[str, Path], out: Path, dtype=jnp.float16) -> di
     `dtype`, components identical to one written before linked to it. `out` must not exist
     (it is written as `out.partial` and renamed when complete)."""
     out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out}: already exists; ship into a new folder")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    with new_folder(out, action="ship") as partial:
+        _write_shipped(sources, partial, dtype)
+    return {name: out / name for name in sources}
+
+
+def _write_shipped(sources: dict[str, Path], partial: Path, dtype) -> None:
     written: dict[str, Path] = {}  # digest of a source component → where it was written
     for name, source in sources.items():
         source = Path(source)
@@ -62,8 +65,6 @@ def ship_pipelines(sources: dict[str, Path], out: Path, dtype=jnp.float16) -> di
             else:  # tokenizer, scheduler: small text files
                 shutil.copytree(src, dst)
             written[digest] = dst
-    partial.rename(out)
-    return {name: out / name for name in sources}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,10 +200,13 @@ def test_clear_errors(tmp_path, tokenizer_dir, exported, trained, stage):
         export_clip(tmp_path, tmp_path / "out")
     config = tiny_config(tokenizer_dir)
     (tmp_path / "config.json").write_text(config.to_json())
-    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+    with pytest.raises(FileNotFoundError, match="no checkpoint yet"):
         export_clip(tmp_path, tmp_path / "out")
     with pytest.raises(FileExistsError, match="already exists"):
         write_clip_folders(exported, stage.settings, trained[0], tokenizer_dir)
+    config.clip.tokenizer = ""
+    with pytest.raises(ValueError, match="pass workdir="):
+        ContrastiveStage.from_config(config, None, None)
     config.clip.tokenizer = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match=r"clip\.tokenizer="):
         ContrastiveStage.from_config(config, None, None)
