@@ -85,6 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.image_dir = ""  # tfds data_dir of an image-text dataset
     c.data.image_ratio = 0.0  # with both: the fraction of steps that train on images
     c.data.precomputed_dir = ""  # latents + text embeddings written by precompute (instead)
+    c.data.precomputed_image_dir = ""  # precomputed images beside it, mixed in by image_ratio
     c.data.num_frames = 16
     c.data.frame_stride = 1
     c.data.target_fps = 0.0  # > 0: sample frames at this rate where the fps is known

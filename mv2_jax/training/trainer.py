@@ -68,6 +68,11 @@ def check_config(config) -> None:
     d = config.data
     if hasattr(cls, "make_data_iterator"):
         return  # the stage makes its own data
+    if d.precomputed_image_dir and not d.precomputed_dir:
+        raise ValueError(
+            "config.data.precomputed_image_dir mixes images into config.data.precomputed_dir "
+            "(precomputed videos); set that too, or train from data.image_dir"
+        )
     if not (d.video_dir or d.image_dir or d.precomputed_dir):
         raise ValueError(
             "no training data: set config.data.image_dir, video_dir or precomputed_dir "
@@ -102,7 +107,12 @@ def data_iterator(config):
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
     if d.precomputed_dir:
         return make_precomputed_iterator(
-            d.precomputed_dir, global_batch_size=config.batch_size, seed=config.seed, **shard
+            d.precomputed_dir,
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            image_data_dir=d.precomputed_image_dir or None,
+            image_ratio=d.image_ratio if d.precomputed_image_dir else 0.0,
+            **shard,
         )
     return make_train_iterator(
         video_dir=d.video_dir or None,

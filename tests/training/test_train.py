@@ -113,7 +113,8 @@ def test_joint_image_and_video_steps(init_pipeline, image_data, video_data, tmp_
     assert list((tmp_path / "profile").rglob("*.xplane.pb"))  # the --profile trace
 
 
-def test_precomputed_latents_train(init_pipeline, image_data, tmp_path):
+def test_precomputed_latents_train(init_pipeline, image_data, video_data, tmp_path):
+    """Precomputed images and (one-frame) videos, alone and mixed by image_ratio."""
     from mv2_jax.training.precompute import precompute
 
     config = tiny_config(init_pipeline, image_data, total_steps=3, checkpoint_every=3)
@@ -125,6 +126,20 @@ def test_precomputed_latents_train(init_pipeline, image_data, tmp_path):
     )  # fmt: skip
     state = train(config, tmp_path / "run")
     assert int(state.step) == 3
+
+    videos = tiny_config(init_pipeline, None, **{"data.video_dir": str(video_data)})
+    precompute(videos, tmp_path / "w", tmp_path / "pre_video", num_examples=4)
+    joint = {
+        "data.precomputed_dir": str(tmp_path / "pre_video"),
+        "data.precomputed_image_dir": str(tmp_path / "pre"),
+        "data.image_ratio": 0.5,
+    }
+    config = tiny_config(init_pipeline, None, total_steps=4, checkpoint_every=4, **joint)
+    state = train(config, tmp_path / "joint")
+    assert int(state.step) == 4
+    with pytest.raises(ValueError, match="precomputed_image_dir mixes images"):
+        del joint["data.precomputed_dir"]
+        train(tiny_config(init_pipeline, None, **joint), tmp_path / "bad")
 
 
 def test_starts_from_a_diffusers_pipeline_folder(image_data, tmp_path):
