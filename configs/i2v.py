@@ -62,13 +62,18 @@ def get_config(variant: str = "tiny"):
     elif variant == "shapes":  # the shipped shapes-world model (configs/shapes.py)
         config.model.pipeline = shapes.T2I
         config.model.new_motion_modules = shapes.MOTION_MODULES
+        # Motion modules do not read the text; the direction reaches them through the
+        # features the text's cross-attention makes, so that trains too, kept an image
+        # model by image steps (joint image+video training on the T2I run's latents).
+        config.trainable = (*TRAINABLE, "unet/*attn2*")
         config.data.video_dir = shapes.DATA["video128"]
         config.data.height = config.data.width = 64
         config.data.num_frames = shapes.FRAMES
-        config.batch_size = 8
-        config.lr = 3e-4
+        config.data.image_ratio = 0.2
+        config.batch_size = 4
+        config.lr = 2e-4
         config.warmup_steps = 100
-        config.total_steps = 3000
+        config.total_steps = 4000
         config.checkpoint_every = 250
         config.log_every = 25
         config.ema_decay = 0.999

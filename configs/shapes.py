@@ -13,6 +13,9 @@ RUNS = "runs/shapes"  # workdirs, datasets and exported components of the world'
 DATA = {
     "image64": f"{RUNS}/data/image64",  # first frames with their clip's caption
     "video128": f"{RUNS}/data/video128",  # 8-frame clips (I2V reads them resized to 64²)
+    # the VAE latents and caption embeddings of those, precomputed by train.py --precompute_to
+    "t2i_latents": f"{RUNS}/data/t2i_latents",  # image64: 20,000 × [1, 16, 16, 4]
+    "i2v_latents": f"{RUNS}/data/i2v_latents",  # video128 at 64²: 12,000 × [8, 16, 16, 4]
 }
 VAE = f"{RUNS}/export/vae"  # python -m mv2_jax.training.export of configs/vae.py:shapes
 CLIP = f"{RUNS}/export/clip"  # … of configs/clip.py:shapes: text_encoder/, tokenizer/
