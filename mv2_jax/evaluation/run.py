@@ -148,8 +148,8 @@ def evaluate_samples(
                     made, log.folder / "samples", key, example_format, fps
                 )
             log.add(record)
+            bar.set_postfix_str(_running_accuracy(log.records("sample", keys)), refresh=False)
             bar.update(1)
-            bar.set_postfix_str(_running_accuracy(log.records("sample", keys)))
     return log.records("sample", keys)
 
 
@@ -177,9 +177,11 @@ def _write_example(made: Sample, folder: Path, key: str, suffix: str, fps: float
 
 
 def _running_accuracy(records: list[dict]) -> str:
-    """ "colour 92% shape 81% motion 88%" over the records so far (those measured)."""
+    """ "colour 92% shape 81% motion 88%" over the records so far (those measured; the key
+    image's for `--stages t2i`)."""
     parts = []
-    for key in ("colour", "shape", "motion"):
+    video = any("colour" in r for r in records)
+    for key in ("colour", "shape", "motion") if video else ("key_colour", "key_shape"):
         values = [r[key] for r in records if key in r]
         if values:
             parts.append(f"{key} {np.mean(values):.0%}")
