@@ -92,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.height = 256
     c.data.width = 256
     c.data.random_crop = False
+    c.data.scale_to = 0  # > 0: scale the shorter side to this, then crop (0: just cover it)
     c.data.num_workers = 0  # grain worker processes; 0 decodes in the training process
     c.data.prefetch = 2
     return c

@@ -105,13 +105,19 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 def resize_and_crop(
-    frames: np.ndarray, height: int, width: int, rng: np.random.Generator | None
+    frames: np.ndarray,
+    height: int,
+    width: int,
+    rng: np.random.Generator | None,
+    scale_to: int = 0,
 ) -> np.ndarray:
     """uint8 `[F, H, W, 3]` → uint8 `[F, height, width, 3]`: scale (bicubic, antialiased when
-    shrinking) so the frames just cover `height × width`, then crop — centred when `rng` is
-    None, at a uniformly random offset (the same for all frames) otherwise."""
+    shrinking) so the frames just cover `height × width` — or, with `scale_to`, so their
+    shorter side is `scale_to` pixels (at least covering the crop; e.g. the frames' own size,
+    to crop patches at full resolution) — then crop: centred when `rng` is None, at a
+    uniformly random offset (the same for all frames) otherwise."""
     _, h, w, _ = frames.shape
-    scale = max(height / h, width / w)
+    scale = max(height / h, width / w, scale_to / min(h, w))
     new_h, new_w = max(height, math.ceil(h * scale - 1e-6)), max(width, math.ceil(w * scale - 1e-6))
     if (new_h, new_w) != (h, w):
         frames = np.stack(

@@ -37,6 +37,7 @@ class ClipSpec:
     frame_stride: int = 1
     target_fps: float | None = None
     random_crop: bool = False
+    scale_to: int = 0  # > 0: the shorter side before the crop (resize_and_crop)
 
 
 class LoadExample:
@@ -78,7 +79,9 @@ class LoadExample:
                 fps=fps if fps > 0 else None,
                 rng=rng,
             )
-        frames = resize_and_crop(frames, spec.height, spec.width, rng if spec.random_crop else None)
+        frames = resize_and_crop(
+            frames, spec.height, spec.width, rng if spec.random_crop else None, spec.scale_to
+        )
         return {"pixels": to_model_range(frames), "caption": caption}
 
 
@@ -158,6 +161,7 @@ def make_train_iterator(
     frame_stride: int = 1,
     target_fps: float | None = None,
     random_crop: bool = False,
+    scale_to: int = 0,
     seed: int = 0,
     process_index: int = 0,
     process_count: int = 1,
@@ -180,7 +184,7 @@ def make_train_iterator(
         video_source, _ = open_dataset(video_dir, "video_text", BUILD_VIDEO)
     if image_dir is not None and image_ratio > 0:
         image_source, _ = open_dataset(image_dir, "image_text", BUILD_IMAGE)
-    spec = ClipSpec(num_frames, height, width, frame_stride, target_fps, random_crop)
+    spec = ClipSpec(num_frames, height, width, frame_stride, target_fps, random_crop, scale_to)
     return make_iterator_from_sources(
         video_source,
         image_source,

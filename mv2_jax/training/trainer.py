@@ -126,6 +126,7 @@ def data_iterator(config):
         frame_stride=d.frame_stride,
         target_fps=d.target_fps or None,
         random_crop=d.random_crop,
+        scale_to=d.scale_to,
         seed=config.seed,
         num_workers=d.num_workers,
         prefetch=d.prefetch,

@@ -99,6 +99,10 @@ def test_resize_and_crop_center_and_random():
     assert resize_and_crop(np.ascontiguousarray(frames), 12, 16, None).shape == (2, 12, 16, 3)
     # Grow to cover a taller target: 24×32 → 48×64, cropped to 48×40.
     assert resize_and_crop(np.ascontiguousarray(frames), 48, 40, None).shape == (2, 48, 40, 3)
+    # scale_to = the shorter side (24): a 12×12 patch at full resolution, not the whole frame
+    # shrunk to cover it: a centred crop keeps columns 10..21 exactly.
+    out = resize_and_crop(np.ascontiguousarray(frames), 12, 12, None, scale_to=24)
+    np.testing.assert_array_equal(out[0, 0, :, 0], np.arange(10, 22) * 8)
 
 
 def test_to_model_range():
