@@ -128,6 +128,12 @@ def _video_components(config, pipeline: Path, params: dict) -> dict:
 
         unet_config = v2v_unet_config(unet_config, config)
         backbone_config, _ = i2v_unet_from_v2v(unet_config, params["unet"])
+        # The pipelines' default output size is sample_size latents: the frames the run saw
+        # (whole, when it trained on patches of them: data.scale_to).
+        vae = read_config(pipeline / "vae")
+        factor = 2 ** (len(vae["block_out_channels"]) - 1)
+        frame = max(config.data.get("scale_to", 0), config.data.height)
+        unet_config = {**unet_config, "sample_size": frame // factor}
         controlnet_folder = controlnet_folder_of(config, pipeline)
     components = {"unet": (unet_config, params["unet"])}
     if "appearance" in params:

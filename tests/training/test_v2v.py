@@ -189,6 +189,7 @@ def test_export_makes_a_video_to_video_folder(trained, i2v_pipeline, tmp_path):
     pipe = load_pipeline(out)
     assert isinstance(pipe, VideoToVideoPipeline) and pipe.takes_low_res
     assert (pipe.unet.in_channels, pipe.unet.num_class_embeds) == (8, 1000)
+    assert pipe.default_size == SIZE  # the training frames' size, not the I2V model's
     unet = pipe.unet_params
     jax.tree.map(np.testing.assert_array_equal, unet, restore_params(workdir, ema=True)["unet"])
     # the exported UNet starts a next V2V run as it is (no second conversion)
