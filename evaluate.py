@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check(args: argparse.Namespace) -> None:
-    """Every cheap check, all problems reported together."""
+    """Every cheap check, all problems reported together (no model flags: the shipped set,
+    filled into `args`)."""
+    cascade_command.use_shipped_models(args)
     problems = []
     try:
         select_prompts(args.prompts)
@@ -144,7 +146,7 @@ def _t2i_problems(args: argparse.Namespace) -> list[str]:
         problems.append(str(e).replace("--model", "--t2i-model"))
     if args.t2i_scheduler is not None and args.t2i_scheduler not in SCHEDULERS:
         problems.append(f"--t2i-scheduler {args.t2i_scheduler!r}: choose from {SCHEDULERS}")
-    if args.t2i_steps < 1:
+    if args.t2i_steps is not None and args.t2i_steps < 1:
         problems.append("--t2i-steps: at least 1")
     return problems
 

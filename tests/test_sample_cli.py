@@ -165,17 +165,24 @@ def test_argparse_errors_also_exit_2(capsys, no_loading, pipeline_folder):
 
 
 def test_no_model_flags_run_the_shipped_models(shipped, tmp_path):
-    from mv2_jax.commands.cascade import use_shipped_models
+    from mv2_jax.commands.cascade import DIFFUSION_STAGES, stage_settings, use_shipped_models
+    from mv2_jax.pipelines.shipped import SHIPPED_SAMPLING
 
     for folder in shipped.values():
         folder.mkdir(parents=True)
         (folder / "model_index.json").write_text("{}")
-    args = sample.build_parser().parse_args(["cascade", "a red circle moving right"])
+    args = sample.build_parser().parse_args(["cascade", "a red circle", "--v2v-steps", "4"])
     use_shipped_models(args)
     assert (args.t2i_model, args.i2v_model, args.v2v_model) == tuple(map(str, shipped.values()))
+    # the shipped set's sampling settings, where the command line leaves them open
+    assert (args.i2v_steps, args.v2v_steps) == (SHIPPED_SAMPLING["i2v_steps"], 4)
+    assert args.v2v_guidance_scale == SHIPPED_SAMPLING["v2v_guidance_scale"]
     args = sample.build_parser().parse_args(["cascade", "a fox", "--i2v-model", "mine"])
-    use_shipped_models(args)  # a model of one's own: no shipped model mixed in
+    use_shipped_models(args)  # a model of one's own: no shipped model or setting mixed in
     assert (args.t2i_model, args.i2v_model, args.v2v_model) == (None, "mine", None)
+    assert (args.v2v_steps, args.v2v_guidance_scale) == (None, None)
+    settings = stage_settings(args)
+    assert [settings[s].steps for s in ("t2i", "i2v", "v2v")] == list(DIFFUSION_STAGES.values())
 
 
 def test_a_prompt_alone_runs_the_cascade_which_names_what_it_needs(capsys, no_loading, shipped):

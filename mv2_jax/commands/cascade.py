@@ -30,7 +30,7 @@ from mv2_jax.commands.i2v import (
     conditioning_problems,
 )
 from mv2_jax.media import VIDEO_SUFFIXES, to_uint8, write_video
-from mv2_jax.pipelines.shipped import shipped_model
+from mv2_jax.pipelines.shipped import SHIPPED_SAMPLING, shipped_model
 
 SKIPPABLE = ("t2i", "v2v", "vfi")
 DIFFUSION_STAGES = {"t2i": 30, "i2v": 25, "v2v": 20}  # stage → default steps
@@ -86,12 +86,12 @@ def add_stage_flags(parser) -> None:
     flag("--seed", type=int, default=0, metavar="N", help="every stage's seed unless given")
     for stage, steps in DIFFUSION_STAGES.items():
         name = stage.upper()
+        shipped = SHIPPED_SAMPLING.get(f"{stage}_steps", steps)
         flag(
             f"--{stage}-steps",
             type=int,
-            default=steps,
             metavar="N",
-            help=f"{name} denoising steps (default {steps})",
+            help=f"{name} denoising steps (default {steps}; {shipped} with the shipped models)",
         )
         flag(
             f"--{stage}-guidance-scale",
@@ -162,10 +162,15 @@ def use_shipped_models(args: argparse.Namespace) -> None:
     flags = ("t2i_model", "i2v_model", "v2v_model")
     if any(getattr(args, flag) is not None for flag in flags):
         return
-    for flag in flags:
-        folder = shipped_model(flag.split("_")[0])
+    folders = {flag: shipped_model(flag.split("_")[0]) for flag in flags}
+    if not any(folders.values()):
+        return
+    for flag, folder in folders.items():
         if folder is not None:
             setattr(args, flag, str(folder))
+    for flag, value in SHIPPED_SAMPLING.items():  # where the command line leaves them open
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
 
 
 def check(args: argparse.Namespace) -> None:
@@ -197,7 +202,8 @@ def check(args: argparse.Namespace) -> None:
         scheduler = getattr(args, f"{stage}_scheduler")
         if scheduler is not None and scheduler not in SCHEDULERS:
             problems.append(f"--{stage}-scheduler {scheduler!r}: choose from {SCHEDULERS}")
-        if getattr(args, f"{stage}_steps") < 1:
+        steps = getattr(args, f"{stage}_steps")
+        if steps is not None and steps < 1:
             problems.append(f"--{stage}-steps: at least 1")
     for stage in DIFFUSION_STAGES:
         size = getattr(args, f"{stage}_size")
@@ -251,7 +257,7 @@ def stage_settings(args: argparse.Namespace) -> dict:
         size = getattr(args, f"{stage}_size") or (None, None)
         seed = getattr(args, f"{stage}_seed")
         settings[stage] = StageSettings(
-            steps=getattr(args, f"{stage}_steps"),
+            steps=_given(getattr(args, f"{stage}_steps"), DIFFUSION_STAGES[stage]),
             guidance_scale=getattr(args, f"{stage}_guidance_scale"),
             seed=args.seed if seed is None else seed,
             scheduler=getattr(args, f"{stage}_scheduler"),
@@ -260,6 +266,10 @@ def stage_settings(args: argparse.Namespace) -> dict:
             extra=extra[stage],
         )
     return settings
+
+
+def _given(value, default):
+    return default if value is None else value
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:

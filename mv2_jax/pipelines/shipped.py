@@ -15,6 +15,17 @@ SHIPPED = {
 }
 
 
+# How `sample.py` runs the shipped set unless told otherwise (cascade flags → values): the
+# shapes world's models are small and sample in few steps; V2V follows its low-res input
+# without guidance (one UNet pass a step, not two). Measured in docs/shapes.md.
+SHIPPED_SAMPLING = {
+    "t2i_steps": 30,
+    "i2v_steps": 25,
+    "v2v_steps": 10,
+    "v2v_guidance_scale": 1.0,
+}
+
+
 def shipped_model(stage: str) -> Path | None:
     """The shipped model folder of `stage` ("t2i", "i2v", "v2v", "vfi"), None if this install
     has none."""
