@@ -22,6 +22,7 @@ from mv2_jax.pipelines.base import (
     check_size,
     place_batch,
     place_replicated,
+    starting_noise,
 )
 
 
@@ -97,9 +98,8 @@ class TextToImagePipeline(LatentDiffusionPipeline):
         if image is not None:
             image = jnp.broadcast_to(jnp.asarray(image, jnp.float32), (batch, height, width, 3))
         run = self._compile(sched, use_cfg, progress)
-        batched = place_batch(
-            mesh, (context, added, None if latents is None else jnp.asarray(latents), image)
-        )
+        noise = starting_noise(seed, shape) if latents is None else latents
+        batched = place_batch(mesh, (context, added, jnp.asarray(noise, jnp.float32), image))
         scalars = place_replicated(
             mesh,
             (jnp.float32(guidance_scale), jnp.float32(guidance_rescale), tables, jnp.int32(seed),
@@ -121,9 +121,7 @@ class TextToImagePipeline(LatentDiffusionPipeline):
         static configuration."""
         self.trace_count += 1
         unet_params, vae_params = params
-        key_latents, key_steps = jax.random.split(jax.random.key(seed))
-        if noise is None:
-            noise = jax.random.normal(key_latents, shape, jnp.float32)
+        key_steps = jax.random.split(jax.random.key(seed))[1]  # stochastic samplers' noise
         if image is None:
             latents = noise * tables["init_noise_sigma"]
         else:

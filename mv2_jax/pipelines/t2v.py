@@ -34,6 +34,7 @@ from mv2_jax.pipelines.base import (
     check_size,
     place_batch,
     place_replicated,
+    starting_noise,
 )
 
 
@@ -160,12 +161,11 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
         return request, scalars
 
     def noise(self, request: VideoRequest, seed: int, latents: np.ndarray | None) -> jax.Array:
-        """The unit Gaussian starting noise: `latents` if given, else drawn from `seed` (its
-        first subkey; the second keys the per-step noise of stochastic samplers). Drawn outside
-        the generate function, so given and drawn noise share one compilation."""
+        """The unit Gaussian starting noise: `latents` if given, else `starting_noise(seed)`.
+        Made outside the generate function, so given and drawn noise share one compilation."""
         if latents is not None:
             return jnp.asarray(latents, jnp.float32)
-        return _draw_noise(jnp.int32(seed), request.shape)
+        return jnp.asarray(starting_noise(seed, request.shape))
 
     def run(
         self, request: VideoRequest, inputs: dict, scalars: dict, num_inference_steps: int, mesh
@@ -233,8 +233,3 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
             images = jax.lax.map(partial(self._decode, vae_params), chunks)
             images = images.reshape(-1, *images.shape[2:])[:count]
         return images.reshape(batch, frames, *images.shape[1:])
-
-
-@partial(jax.jit, static_argnums=(1,))
-def _draw_noise(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    return jax.random.normal(jax.random.split(jax.random.key(seed))[0], shape, jnp.float32)
