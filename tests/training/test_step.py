@@ -102,16 +102,17 @@ def test_unknown_trainable_pattern_is_an_error():
 
 
 def test_ema_follows_the_formula():
-    """ema ← decay·ema + (1 − decay)·params after each update (optax.incremental_update)."""
+    """ema ← d·ema + (1 − d)·params after update t, d = min(decay, (1 + t)/(10 + t)): the
+    warm-up decays 0.1, 0.18, 0.25, … until they reach `ema_decay` (0.3 here, from t = 2)."""
     optimizer = make_optimizer(optimizer_config())
     paths = trainable_paths(PARAMS, ("*",))
-    step = jax.jit(make_train_step(loss_fn, optimizer, paths, ema_decay=0.75))
+    step = jax.jit(make_train_step(loss_fn, optimizer, paths, ema_decay=0.3))
     x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
     state = create_state(PARAMS, optimizer, paths, seed=1)
     ema = PARAMS
-    for _ in range(3):
+    for d in (0.1, 2 / 11, 0.25, 0.3):
         state, _ = step(state, {"scale": jnp.float32(0.5)}, {"x": x})
-        ema = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * p, ema, state.params)
+        ema = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * p, ema, state.params)
     assert max_diff(state.ema, ema) < 1e-6
 
 
