@@ -113,9 +113,18 @@ def test_joint_image_and_video_steps(init_pipeline, image_data, video_data, tmp_
     assert list((tmp_path / "profile").rglob("*.xplane.pb"))  # the --profile trace
 
 
+def pixels_as_latents(batch):
+    """A stand-in encoder: the iterator's wiring does not need a model's latents."""
+    return {"latents": batch["pixels"], "text_embeds": batch["pixels"][:, 0]}
+
+
 def test_precomputed_latents_train(init_pipeline, image_data, video_data, tmp_path):
-    """Precomputed images and (one-frame) videos, alone and mixed by image_ratio."""
+    """Training on precomputed latents; with precomputed_image_dir the trainer's iterator mixes
+    them by image_ratio (the mixing itself: tests/data/test_precompute.py)."""
+    from mv2_jax.data import make_train_iterator
+    from mv2_jax.data.precompute import precompute_dataset
     from mv2_jax.training.precompute import precompute
+    from mv2_jax.training.trainer import data_iterator
 
     config = tiny_config(init_pipeline, image_data, total_steps=3, checkpoint_every=3)
     out = precompute(config, tmp_path / "w", tmp_path / "pre", num_examples=16)
@@ -127,16 +136,18 @@ def test_precomputed_latents_train(init_pipeline, image_data, video_data, tmp_pa
     state = train(config, tmp_path / "run")
     assert int(state.step) == 3
 
-    videos = tiny_config(init_pipeline, None, **{"data.video_dir": str(video_data)})
-    precompute(videos, tmp_path / "w", tmp_path / "pre_video", num_examples=4)
+    clips = make_train_iterator(
+        video_dir=video_data, image_dir=None, image_ratio=0.0, global_batch_size=2,
+        num_frames=2, height=8, width=8,
+    )  # fmt: skip
+    precompute_dataset(clips, pixels_as_latents, tmp_path / "pre_video", num_examples=2)
     joint = {
         "data.precomputed_dir": str(tmp_path / "pre_video"),
         "data.precomputed_image_dir": str(tmp_path / "pre"),
         "data.image_ratio": 0.5,
     }
-    config = tiny_config(init_pipeline, None, total_steps=4, checkpoint_every=4, **joint)
-    state = train(config, tmp_path / "joint")
-    assert int(state.step) == 4
+    batches = data_iterator(tiny_config(init_pipeline, None, **joint))
+    assert [bool(next(batches)["is_image"][0]) for _ in range(4)] == [False, True, False, True]
     with pytest.raises(ValueError, match="precomputed_image_dir mixes images"):
         del joint["data.precomputed_dir"]
         train(tiny_config(init_pipeline, None, **joint), tmp_path / "bad")
