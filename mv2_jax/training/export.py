@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from mv2_jax.training.checkpoint import restore_params, run_config
 from mv2_jax.weights.convert import write_component
 from mv2_jax.weights.load import read_config
-from mv2_jax.weights.new_folder import new_folder
+from mv2_jax.weights.new_folder import check_new_folder, new_folder
 
 # Stages that are not a pipeline built on config.model.pipeline write their own folder:
 # `export(workdir, out, step, ema) -> out`, imported when asked for.
@@ -78,9 +78,7 @@ def export_pipeline(
 ) -> Path:
     """Write the run in `workdir` (its latest checkpoint unless `step`) as a pipeline folder
     at `out` (which must not exist); returns `out`."""
-    workdir, out = Path(workdir), Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out}: already exists; export into a new folder")
+    workdir, out = Path(workdir), check_new_folder(out)
     config = run_config(workdir)
     if config.stage in OWN_EXPORTERS:
         module, function = OWN_EXPORTERS[config.stage].split(":")

@@ -208,10 +208,9 @@ def export_vae(workdir: str | Path, out: str | Path, step: int | None = None, em
     `AutoencoderKL` component folder at `out`, with `scaling_factor` = 1/std of its latents
     over `config.vae.scale_batches` batches of the run's data."""
     from mv2_jax.training.checkpoint import restore_params, run_config
-    from mv2_jax.weights.new_folder import new_folder
+    from mv2_jax.weights.new_folder import check_new_folder, new_folder
 
-    if Path(out).exists():  # before the minutes of restoring and measuring
-        raise FileExistsError(f"{out}: already exists; export into a new folder")
+    check_new_folder(out)  # before the minutes of restoring and measuring
     config = run_config(workdir, "vae")
     params = restore_params(workdir, step, ema)["vae"]
     vae = build_vae(config.vae.model.to_dict())
