@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mv2_jax.commands import cascade as cascade_command
 from mv2_jax.commands.common import (
-    SCHEDULERS,
     UsageError,
     build_mesh,
     check_model_folder,
@@ -144,11 +143,7 @@ def _t2i_problems(args: argparse.Namespace) -> list[str]:
         check_model_folder(args.t2i_model)
     except UsageError as e:
         problems.append(str(e).replace("--model", "--t2i-model"))
-    if args.t2i_scheduler is not None and args.t2i_scheduler not in SCHEDULERS:
-        problems.append(f"--t2i-scheduler {args.t2i_scheduler!r}: choose from {SCHEDULERS}")
-    if args.t2i_steps is not None and args.t2i_steps < 1:
-        problems.append("--t2i-steps: at least 1")
-    return problems
+    return problems + cascade_command.sampler_problems(args, "t2i")
 
 
 def settings_of(args: argparse.Namespace, stage_settings: dict) -> dict:

@@ -173,6 +173,18 @@ def use_shipped_models(args: argparse.Namespace) -> None:
             setattr(args, flag, value)
 
 
+def sampler_problems(args: argparse.Namespace, stage: str) -> list[str]:
+    """What is wrong with `stage`'s --STAGE-scheduler and --STAGE-steps."""
+    problems = []
+    scheduler = getattr(args, f"{stage}_scheduler")
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        problems.append(f"--{stage}-scheduler {scheduler!r}: choose from {SCHEDULERS}")
+    steps = getattr(args, f"{stage}_steps")
+    if steps is not None and steps < 1:
+        problems.append(f"--{stage}-steps: at least 1")
+    return problems
+
+
 def check(args: argparse.Namespace) -> None:
     """Every cheap check of the flags, all problems at once (sizes are checked by the plan)."""
     use_shipped_models(args)
@@ -199,13 +211,7 @@ def check(args: argparse.Namespace) -> None:
     if args.image is not None and not Path(args.image).is_file():
         problems.append(f"--image {args.image}: no such file")
     for stage in DIFFUSION_STAGES:
-        scheduler = getattr(args, f"{stage}_scheduler")
-        if scheduler is not None and scheduler not in SCHEDULERS:
-            problems.append(f"--{stage}-scheduler {scheduler!r}: choose from {SCHEDULERS}")
-        steps = getattr(args, f"{stage}_steps")
-        if steps is not None and steps < 1:
-            problems.append(f"--{stage}-steps: at least 1")
-    for stage in DIFFUSION_STAGES:
+        problems += sampler_problems(args, stage)
         size = getattr(args, f"{stage}_size")
         if size is not None and (min(size) < 8 or size[0] % 8 or size[1] % 8):
             problems.append(f"--{stage}-size {size[0]}x{size[1]}: use positive multiples of 8")
