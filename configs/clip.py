@@ -24,6 +24,9 @@ Keys beyond configs/common.py, under `clip`:
   storyboard's side.
 - `grid`: the storyboard is `grid × grid` frames spread evenly over the clip (reading order),
   each tile `image_size / grid` (frames are resized if the data's size differs).
+- `channel_frames`: k > 0 shows the vision tower k frames spread evenly over the clip stacked
+  on the channels (`num_channels` 3k, `grid` must be 1) instead of a storyboard, so motion is
+  visible within each patch: the storyboard ViT learns the axis of a motion, not its sign.
 - `init_temperature`: the softmax temperature at the start (`logit_scale` = ln 1/T, learned,
   capped at ln 100 as in CLIP).
 - `caption_label`: "module:function" mapping a caption to a label; examples with equal labels
@@ -57,6 +60,7 @@ def clip_section() -> ml_collections.ConfigDict:
     c.text = _transformer(64, 3, 4, vocab_size=0, max_position_embeddings=16)
     c.vision = _transformer(64, 3, 4, image_size=64, patch_size=8)
     c.grid = 2
+    c.channel_frames = 0
     c.init_temperature = 0.07
     c.caption_label = ""
     c.ignore_words = ("a", "an", "the")
@@ -91,6 +95,14 @@ def get_config(variant: str = "shapes"):
         # every wording of a (colour, shape, motion) is the same caption
         config.clip.caption_label = "mv2_jax.data.shapes:parse_prompt"
         config.data.video_dir = shapes.DATA["video128"]
+        # 4 frames on the channels at 32² (patch 4: 64 tokens, as the 2×2 storyboard of 32²
+        # tiles at patch 8 had): that storyboard plateaued at in-batch top-1 0.72 with
+        # left / right (and up / down) one embedding — the text encoder kept the sign of a
+        # motion only on its own token, and the I2V UNet never learnt it.
+        config.clip.grid = 1
+        config.clip.channel_frames = 4
+        config.clip.vision.image_size = 32
+        config.clip.vision.patch_size = 4
         # Sized on this 2-core CPU (5-minute trials, shared machine): 0.3–0.8 s per step, so
         # 800 steps take 4–10 minutes; at step 275 in-batch top-1 was ≈0.7 and rising, with
         # lr 2e-3 ahead of 1e-3 (zero-shot over the 84 captions at step 250: colour 1.0,

@@ -4,10 +4,13 @@ with it, on the captioned clips of `config.data` (`make_train_iterator` batches)
 
 - Text: a `CLIPTextModelWithProjection` on the captions, tokenised by the project's BPE
   tokenizer (`mv2_jax.training.tokenizer`) or the one `clip.tokenizer` names.
-- Vision: a `CLIPVisionModelWithProjection` that sees a clip as one image, a storyboard: a
-  `grid × grid` mosaic of frames spread evenly over the clip, in reading order, so the motion
-  is visible in one picture (an image example, F = 1, fills every tile with its frame).
-  Pixels are normalised with CLIP's mean and std, as `preprocess_images` does at inference.
+- Vision: a `CLIPVisionModelWithProjection` that sees a clip as one image, either a
+  storyboard — a `grid × grid` mosaic of frames spread evenly over the clip, in reading order —
+  or, with `clip.channel_frames = k`, k frames spread evenly over the clip stacked on the
+  channels (3k of them), so every patch shows where its content moves: a tiny storyboard ViT
+  tells the axis of a motion but not its sign (left from right), the stacked frames tell both.
+  An image example (F = 1) fills every tile or slot with its frame. Pixels are normalised with
+  CLIP's mean and std, as `preprocess_images` does at inference.
 - Loss: symmetric InfoNCE with a learned temperature (`logit_scale`, capped at ln 100), as
   CLIP trains, over the in-batch cosine similarities.
 
@@ -107,12 +110,25 @@ def text_config(settings, tokenizer) -> dict[str, Any]:
 
 def vision_config(settings) -> dict[str, Any]:
     config = {**_as_dict(settings.vision), "projection_dim": settings.projection_dim}
+    frames = channel_frames(settings)
+    if frames:
+        if settings.grid != 1:
+            raise ValueError(
+                f"clip.channel_frames={frames} stacks frames on the channels; set clip.grid=1 "
+                f"(not {settings.grid}), or channel_frames=0 for a storyboard"
+            )
+        config["num_channels"] = 3 * frames
     if config["image_size"] % settings.grid:
         raise ValueError(
             f"clip.vision.image_size={config['image_size']} is not a multiple of clip.grid="
             f"{settings.grid} (the storyboard is grid × grid equal tiles)"
         )
     return config
+
+
+def channel_frames(settings) -> int:
+    """`clip.channel_frames` (0: a storyboard; runs from before the key have none)."""
+    return int(settings.get("channel_frames", 0))
 
 
 def _as_dict(section) -> dict[str, Any]:
@@ -155,7 +171,24 @@ def storyboard(pixels: jax.Array, grid: int, size: int) -> jax.Array:
     board = tiles.reshape(b, grid * h, grid * w, c)
     if (grid * h, grid * w) != (size, size):
         board = jax.image.resize(board, (b, size, size, c), method="linear", antialias=True)
-    unit = (board.astype(jnp.float32) + 1.0) / 2.0
+    return clip_normalised(board)
+
+
+def stacked_frames(pixels: jax.Array, count: int, size: int) -> jax.Array:
+    """`[B,F,H,W,3]` in [-1, 1] → `[B,size,size,3·count]`: `count` frames spread evenly over
+    the clip (rounded), each resized to `size`, normalised as `storyboard`, on the channels in
+    time order."""
+    b, f, h, w, c = pixels.shape
+    frames = pixels[:, np.round(np.linspace(0, f - 1, count)).astype(int)]
+    if (h, w) != (size, size):
+        frames = jax.image.resize(frames, (b, count, size, size, c), "linear", antialias=True)
+    frames = clip_normalised(frames)
+    return frames.transpose(0, 2, 3, 1, 4).reshape(b, size, size, count * c)
+
+
+def clip_normalised(pixels: jax.Array) -> jax.Array:
+    """Pixels in [-1, 1] → CLIP's normalisation (its image processor's mean and std)."""
+    unit = (pixels.astype(jnp.float32) + 1.0) / 2.0
     return (unit - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)
 
 
@@ -269,7 +302,8 @@ class ContrastiveStage(FreshModelStage):
         size = self.vision.image_size
         k_text, k_vision = jax.random.split(key)
         text = self.text.init(k_text, jnp.zeros((1, 1), jnp.int32))["params"]
-        vision = self.vision.init(k_vision, jnp.zeros((1, size, size, 3)))["params"]
+        channels = self.vision.num_channels
+        vision = self.vision.init(k_vision, jnp.zeros((1, size, size, channels)))["params"]
         return {
             "text": nn.meta.unbox(text),
             "vision": nn.meta.unbox(vision),
@@ -312,8 +346,12 @@ class ContrastiveStage(FreshModelStage):
         return self.text.apply({"params": params["text"]}, input_ids).text_embeds
 
     def embed_clips(self, params, pixels) -> jax.Array:
-        board = storyboard(pixels, self.settings.grid, self.vision.image_size)
-        return self.vision.apply({"params": params["vision"]}, board).image_embeds
+        size, frames = self.vision.image_size, channel_frames(self.settings)
+        if frames:
+            image = stacked_frames(pixels, frames, size)
+        else:
+            image = storyboard(pixels, self.settings.grid, size)
+        return self.vision.apply({"params": params["vision"]}, image).image_embeds
 
     def loss(self, params, consts, batch, keys) -> tuple[jax.Array, dict]:
         text = self.embed_text(params, batch["input_ids"])

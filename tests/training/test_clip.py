@@ -23,6 +23,7 @@ from mv2_jax.training.clip import (
     contrastive_loss,
     export_clip,
     label_ids,
+    stacked_frames,
     storyboard,
     write_clip_folders,
 )
@@ -149,6 +150,29 @@ def test_storyboard_tiles_frames_in_reading_order():
     np.testing.assert_allclose(tiles, (frames[[0, 2, 4, 6]].reshape(2, 2) + 1) / 2, atol=1e-6)
     image = np.asarray(jax.jit(storyboard, static_argnums=(1, 2))(clip[:, :1], 2, 8))
     np.testing.assert_allclose(image, image[:, :1, :1].repeat(8, 1).repeat(8, 2), atol=1e-6)
+
+
+def test_stacked_frames_are_channels_in_time_order(tokenizer_dir, tmp_path):
+    frames = np.linspace(-1, 1, 7, dtype=np.float32)
+    clip = np.broadcast_to(frames[None, :, None, None, None], (1, 7, 4, 4, 3))
+    stacked = np.asarray(jax.jit(stacked_frames, static_argnums=(1, 2))(clip, 3, 8))
+    assert stacked.shape == (1, 8, 8, 9)
+    unit = stacked[0, 0, 0, ::3] * 0.26862954 + 0.48145466  # red of each slot, unnormalised
+    np.testing.assert_allclose(unit, (frames[[0, 3, 6]] + 1) / 2, atol=1e-6)
+
+    config = tiny_config(tokenizer_dir)
+    config.clip.channel_frames = 3
+    with pytest.raises(ValueError, match=r"set clip\.grid=1"):
+        ContrastiveStage.from_config(config, None, None)
+    config.clip.grid = 1
+    stage = ContrastiveStage.from_config(config, None, None)
+    params = stage.load_params()
+    assert params["vision"]["vision_model"]["embeddings"]["patch_embedding"]["kernel"].shape[2] == 9
+    embeds = jax.jit(stage.embed_clips)(params, jnp.asarray(fixed_batch()["pixels"][:2]))
+    assert embeds.shape == (2, config.clip.projection_dim)
+    folder = write_clip_folders(tmp_path / "clip", stage.settings, params, tokenizer_dir)
+    vision, _ = load_component(folder / "image_encoder")
+    assert vision.num_channels == 9
 
 
 def test_export_loads_with_load_component(stage, trained, exported):
