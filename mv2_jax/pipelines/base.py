@@ -1,10 +1,12 @@
 """What the text-to-image and text-to-video pipelines share: the components, prompt embeddings
 with classifier-free guidance, params placed on a mesh, a cache of compiled generate functions,
-the guided denoiser, VAE encode / decode, and the checks and placement of per-call inputs.
+compiling them ahead of a call (`precompile`), the guided denoiser, VAE encode / decode, and the
+checks and placement of per-call inputs.
 """
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,9 @@ from mv2_jax.diffusion.guidance import classifier_free_guidance
 from mv2_jax.parallel.sharding import batch_sharding, module_shardings_for, shard_params
 from mv2_jax.pipelines.progress import StepProgress
 from mv2_jax.pipelines.text import PromptEncoder
+
+# Set (per thread) while `precompile` runs a call: the generate function is compiled, not run.
+_COMPILE_ONLY = contextvars.ContextVar("compile_only", default=False)
 
 
 def starting_noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -96,6 +101,27 @@ class LatentDiffusionPipeline:
         if key not in self._compiled:
             self._compiled[key] = jax.jit(generate, static_argnums=static_argnums)
         return self._compiled[key]
+
+    def precompile(self, *args, **kwargs) -> None:
+        """Compile, without running, the generate function that `self(*args, **kwargs)` would
+        run: the same checks and host-side preparation (the prompts are encoded), then
+        `.lower(...).compile()` of the same jit object with the same arguments, so that the
+        call with these settings and input shapes compiles nothing (inputs such as a key image
+        or low-res frames only need their shape: zeros do). Safe to run in a thread."""
+        token = _COMPILE_ONLY.set(True)
+        try:
+            self(*args, **kwargs)
+        finally:
+            _COMPILE_ONLY.reset(token)
+
+    def _launch(self, generate, args: tuple, num_steps: int, progress: bool) -> np.ndarray | None:
+        """`generate(*args)` as numpy, under a progress bar of `num_steps` steps; inside
+        `precompile`, only `generate.lower(*args).compile()` (and None)."""
+        if _COMPILE_ONLY.get():
+            generate.lower(*args).compile()
+            return None
+        with self._progress.bar(num_steps, enabled=progress):
+            return np.asarray(generate(*args))  # waits for the last step inside the bar
 
     @staticmethod
     def guided(predict: Callable, use_cfg: bool, guidance, rescale=0.0) -> Callable:

@@ -4,15 +4,17 @@
 
 Every stage is an ordinary pipeline of this package run with its own `StageSettings` (steps,
 guidance, seed, size); T2I is skipped by giving a key image, V2V and VFI by leaving them out.
-`plan` checks the sizes of the whole cascade before any stage runs. The pipelines keep their
-compiled functions, so the next prompt with the same settings compiles nothing.
+`plan` checks the sizes of the whole cascade before any stage runs; from those sizes the first
+call compiles every stage ahead, several at a time in threads (`compile_ahead`). The pipelines
+keep their compiled functions, so the next prompt with the same settings compiles nothing.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -87,6 +89,25 @@ class CascadeOutput:
     frames: np.ndarray  # [(F−1)·k+1, H',W',3]
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """What decides the programs a call of the cascade compiles: everything but the prompt."""
+
+    plan: CascadePlan
+    t2i: StageSettings
+    i2v: StageSettings
+    v2v: StageSettings
+    negative_prompt: str | None
+    vfi_batch_size: int
+    mesh: Any
+    progress: bool
+
+    def programs(self) -> RunSettings:
+        """These settings but the seeds (traced: a new seed runs the same programs)."""
+        unseeded = {stage: replace(getattr(self, stage), seed=0) for stage in ("t2i", "i2v", "v2v")}
+        return replace(self, **unseeded)
+
+
 @dataclass
 class TextToVideoCascade:
     """`cascade(prompt, ...) → CascadeOutput` from up to four pipelines; `image_to_video` is
@@ -97,6 +118,7 @@ class TextToVideoCascade:
     video_to_video: Any = None  # VideoToVideoPipeline (trained V2V UNet, or SDEdit mode)
     interpolator: Any = None  # FrameInterpolationPipeline
     report: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+    _compiled: list = field(default_factory=list, repr=False)  # RunSettings.programs() compiled
 
     def plan(
         self,
@@ -160,37 +182,75 @@ class TextToVideoCascade:
         vfi_batch_size: int = 8,
         mesh=None,
         progress: bool = True,
+        compile_workers: int = 2,
     ) -> CascadeOutput:
-        """Run the cascade for one prompt (see the module docstring)."""
+        """Run the cascade for one prompt (see the module docstring). The first call with these
+        settings (any prompt or seeds) compiles every stage before the first runs,
+        `compile_workers` stages at a time in threads (`compile_ahead`); 0 compiles each stage
+        as it starts."""
         plan = self.plan(
             key_image=key_image, t2i=t2i, i2v=i2v, v2v=v2v, num_frames=num_frames, factor=factor
         )
-        stages = self._stages_run(key_image)
-        step = _announcer(self.report, stages, plan)
-        common = dict(negative_prompt=negative_prompt, progress=progress)
+        run = RunSettings(plan, t2i, i2v, v2v, negative_prompt, vfi_batch_size, mesh, progress)
+        if compile_workers and run.programs() not in self._compiled:
+            self.compile_ahead(run, prompt, key_image, compile_workers)
+        step = _announcer(self.report, self._stages_run(key_image), plan)
+
+        def stage(name: str, *inputs):
+            step(name)
+            pipe, args, kwargs = self._stage_call(name, run, prompt, inputs)
+            return pipe(*args, **kwargs)
 
         if key_image is None:
-            step("t2i")
-            key_image = self.text_to_image(prompt, **common, **t2i.kwargs(*plan.key_size, mesh))[0]
-        step("i2v")
-        keyframes = self.image_to_video(
-            key_image, prompt, num_frames=plan.num_frames, **common,
-            **i2v.kwargs(*plan.keyframe_size, mesh),
-        )[0]  # fmt: skip
+            key_image = stage("t2i")[0]
+        keyframes = stage("i2v", key_image)[0]
         upscaled = None
         if self.video_to_video is not None:
-            step("v2v")
-            upscaled = self.video_to_video(
-                keyframes, prompt, image=key_image, **common,
-                **v2v.kwargs(*plan.upscaled_size, mesh),
-            )[0]  # fmt: skip
+            upscaled = stage("v2v", keyframes, key_image)[0]
         frames = keyframes if upscaled is None else upscaled
         if plan.factor > 1:
-            step("vfi")
-            frames = self.interpolator(
-                frames, factor=plan.factor, batch_size=vfi_batch_size, progress=progress
-            )
+            frames = stage("vfi", frames)
         return CascadeOutput(np.asarray(key_image), keyframes, upscaled, frames)
+
+    def compile_ahead(
+        self, run: RunSettings, prompt: str = "", key_image=None, workers: int = 2
+    ) -> None:
+        """Compile, without running, every stage a call with `run`'s settings runs, `workers`
+        stages at a time in threads (XLA compiles without holding the GIL), the longest first:
+        each pipeline's `precompile` at the plan's sizes, given zeros for what the stage before
+        makes (and `key_image` where the call has one). Those calls then compile nothing. The
+        first error is raised as its thread raised it, once the compiles under way have ended."""
+        inputs = _placeholders(run.plan, key_image)
+        stages = [s for s in ("i2v", "v2v", "t2i", "vfi") if s in inputs]
+        calls = [self._stage_call(stage, run, prompt, inputs[stage]) for stage in stages]
+        with ThreadPoolExecutor(workers, thread_name_prefix="compile") as pool:
+            futures = [pool.submit(pipe.precompile, *args, **kw) for pipe, args, kw in calls]
+            try:
+                for future in as_completed(futures):
+                    future.result()  # re-raises a worker's exception as it was
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+        self._compiled.append(run.programs())
+
+    # ------------------------------------------------------------------ helpers
+
+    def _stage_call(self, stage: str, run: RunSettings, prompt: str, inputs: tuple):
+        """`(pipeline, args, kwargs)` that run `stage` on its `inputs`: none for T2I, the key
+        image for I2V, the keyframes and the key image for V2V, the frames for VFI."""
+        plan, mesh = run.plan, run.mesh
+        common = dict(negative_prompt=run.negative_prompt, progress=run.progress)
+        if stage == "t2i":
+            return self.text_to_image, (prompt,), {**common, **run.t2i.kwargs(*plan.key_size, mesh)}
+        if stage == "i2v":
+            kwargs = dict(num_frames=plan.num_frames, **run.i2v.kwargs(*plan.keyframe_size, mesh))
+            return self.image_to_video, (*inputs, prompt), {**common, **kwargs}
+        if stage == "v2v":
+            keyframes, key_image = inputs
+            kwargs = dict(image=key_image, **run.v2v.kwargs(*plan.upscaled_size, mesh))
+            return self.video_to_video, (keyframes, prompt), {**common, **kwargs}
+        kwargs = dict(factor=plan.factor, batch_size=run.vfi_batch_size, progress=run.progress)
+        return self.interpolator, inputs, kwargs
 
     def _stages_run(self, key_image) -> list[str]:
         run = {
@@ -212,6 +272,26 @@ def _size(pipe, settings: StageSettings, stage: str, problems: list[str]) -> tup
         if value < multiple or value % multiple:
             problems.append(f"{stage}: {name} {value} is not a positive multiple of {multiple}")
     return height, width
+
+
+def _placeholders(plan: CascadePlan, key_image) -> dict[str, tuple]:
+    """`{stage: inputs}` of every stage the plan runs, zeros of the planned shapes (the key
+    image itself where one is given) standing in for what the stage before makes."""
+
+    def zeros(*shape):
+        return np.zeros(shape, np.float32)
+
+    if key_image is None:
+        key_image = zeros(*plan.key_size, 3)
+    keyframes = zeros(plan.num_frames, *plan.keyframe_size, 3)
+    inputs = {"i2v": (key_image,)}
+    if plan.key_size is not None:
+        inputs["t2i"] = ()
+    if plan.upscaled_size is not None:
+        inputs["v2v"] = (keyframes, key_image)
+    if plan.factor > 1:
+        inputs["vfi"] = (zeros(plan.num_frames, *(plan.upscaled_size or plan.keyframe_size), 3),)
+    return inputs
 
 
 def _announcer(report: Callable[[str], None], stages: list[str], plan: CascadePlan):

@@ -105,9 +105,8 @@ class TextToImagePipeline(LatentDiffusionPipeline):
             (jnp.float32(guidance_scale), jnp.float32(guidance_rescale), tables, jnp.int32(seed),
              jnp.int32(start)),
         )  # fmt: skip
-        with self._progress.bar(num_inference_steps, enabled=progress):
-            images = run(self._params_on(mesh), *batched, *scalars, shape)
-            return np.asarray(images)  # waits for the last step inside the bar
+        args = (self._params_on(mesh), *batched, *scalars, shape)
+        return self._launch(run, args, num_inference_steps, progress)
 
     def _compile(self, scheduler, use_cfg: bool, progress: bool):
         def generate(*args):

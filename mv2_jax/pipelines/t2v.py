@@ -169,17 +169,16 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
 
     def run(
         self, request: VideoRequest, inputs: dict, scalars: dict, num_inference_steps: int, mesh
-    ) -> np.ndarray:
+    ) -> np.ndarray | None:
         """Place `inputs` (batched) and `scalars` (replicated) on `mesh`, run the compiled
-        generate function of `request` (compiled once per request), return numpy videos."""
+        generate function of `request` (compiled once per request), return numpy videos (inside
+        `precompile`: only compile it)."""
         generate = self._compile_cached(request, partial(self._generate, request))
-        inputs = place_batch(mesh, inputs)
-        scalars = place_replicated(mesh, scalars)
+        inputs, scalars = place_batch(mesh, inputs), place_replicated(mesh, scalars)
+        args = (self._placed_params(mesh), inputs, scalars)
         # Under the mesh, the motion UNet keeps frames split over its `frames` axis.
-        in_mesh = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
-        with in_mesh, self._progress.bar(num_inference_steps, enabled=request.progress):
-            videos = generate(self._placed_params(mesh), inputs, scalars)
-            return np.asarray(videos)  # waits for the last step inside the bar
+        with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+            return self._launch(generate, args, num_inference_steps, request.progress)
 
     # ------------------------------------------------------------------ traced
 

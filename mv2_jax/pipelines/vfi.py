@@ -1,6 +1,7 @@
 """Frame interpolation ×k: k − 1 new frames between every pair of neighbours, each made in one
 pass of a `FrameInterpolator` at t = j/k (no recursion), all (pair, t) jobs batched through one
-compiled function. `load_vfi_pipeline` reads a model folder, by default the shipped weights.
+compiled function (`precompile` compiles it ahead of a call). `load_vfi_pipeline` reads a model
+folder, by default the shipped weights.
 """
 
 from __future__ import annotations
@@ -47,10 +48,7 @@ class FrameInterpolationPipeline:
     def __call__(
         self, video, factor: int = 3, batch_size: int = 8, progress: bool = False
     ) -> np.ndarray:
-        frames = _as_unit_float(video)
-        batched = frames.ndim == 5
-        frames = frames if batched else frames[None]
-        _check(frames, factor, batch_size)
+        frames, batched = _checked(video, factor, batch_size)
         b, f, h, w, _ = frames.shape
         out = np.empty((b, (f - 1) * factor + 1, h, w, 3), np.float32)
         out[:, ::factor] = frames
@@ -61,31 +59,51 @@ class FrameInterpolationPipeline:
                 out[video_index, position] = frame
         return out if batched else out[0]
 
+    def precompile(
+        self, video, factor: int = 3, batch_size: int = 8, progress: bool = False
+    ) -> None:
+        """Compile, without running, the step that `self(video, factor, batch_size)` would
+        run, from its first batch; only the video's shape counts (zeros do). Safe to run in a
+        thread."""
+        del progress  # the bar is drawn on the host, outside the compiled step
+        frames, _ = _checked(video, factor, batch_size)
+        if factor > 1:
+            _, *inputs = next(_batches(frames, factor, batch_size, self.module.size_multiple))
+            self._interpolate().lower(self.params, *inputs).compile()
+
     def _new_frames(self, frames: np.ndarray, factor: int, batch_size: int, progress: bool):
         """Yields `((video, output position), frame [H,W,3])` for every new frame."""
         b, f, h, w, _ = frames.shape
-        padded = _pad_to_multiple(frames, self.module.size_multiple)
-        jobs = [(v, pair, j) for v in range(b) for pair in range(f - 1) for j in range(1, factor)]
-        size = min(batch_size, len(jobs))
         step = self._interpolate()
         bar = tqdm(
-            total=len(jobs),
+            total=b * (f - 1) * (factor - 1),
             desc="interpolating",
             unit="frame",
             disable=not progress or jax.process_index() != 0,
         )
         with bar:
-            for start in range(0, len(jobs), size):
-                chunk = jobs[start : start + size]
-                # The last batch repeats its last job so every call has the same shapes.
-                full = chunk + [chunk[-1]] * (size - len(chunk))
-                frame0 = padded[[v for v, pair, _ in full], [pair for _, pair, _ in full]]
-                frame1 = padded[[v for v, pair, _ in full], [pair + 1 for _, pair, _ in full]]
-                t = np.array([j / factor for _, _, j in full], np.float32)
-                made = np.asarray(step(self.params, frame0, frame1, t))[:, :h, :w]
+            for chunk, *inputs in _batches(frames, factor, batch_size, self.module.size_multiple):
+                made = np.asarray(step(self.params, *inputs))[:, :h, :w]
                 for (v, pair, j), frame in zip(chunk, made):
                     yield (v, pair * factor + j), frame
                 bar.update(len(chunk))
+
+
+def _batches(frames: np.ndarray, factor: int, batch_size: int, multiple: int):
+    """Yields `(jobs, frame0s, frame1s, t)` for every batch of (video, pair, j) jobs: the pairs'
+    frames `[N,H',W',3]` edge-padded to multiples of `multiple`, and t = j / factor `[N]`."""
+    b, f = frames.shape[:2]
+    padded = _pad_to_multiple(frames, multiple)
+    jobs = [(v, pair, j) for v in range(b) for pair in range(f - 1) for j in range(1, factor)]
+    size = min(batch_size, len(jobs))
+    for start in range(0, len(jobs), size):
+        chunk = jobs[start : start + size]
+        # The last batch repeats its last job so every call has the same shapes.
+        full = chunk + [chunk[-1]] * (size - len(chunk))
+        frame0 = padded[[v for v, pair, _ in full], [pair for _, pair, _ in full]]
+        frame1 = padded[[v for v, pair, _ in full], [pair + 1 for _, pair, _ in full]]
+        t = np.array([j / factor for _, _, j in full], np.float32)
+        yield chunk, frame0, frame1, t
 
 
 def _as_unit_float(video) -> np.ndarray:
@@ -106,6 +124,16 @@ def _as_unit_float(video) -> np.ndarray:
             "(pass uint8 frames, or scale them to [0, 1])"
         )
     return video.astype(np.float32)
+
+
+def _checked(video, factor: int, batch_size: int) -> tuple[np.ndarray, bool]:
+    """`(frames [B,F,H,W,3] float32 in [0, 1], whether the video had a batch axis)`, the
+    video, factor and batch size checked."""
+    frames = _as_unit_float(video)
+    batched = frames.ndim == 5
+    frames = frames if batched else frames[None]
+    _check(frames, factor, batch_size)
+    return frames, batched
 
 
 def _check(frames: np.ndarray, factor: int, batch_size: int) -> None:

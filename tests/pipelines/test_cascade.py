@@ -1,10 +1,15 @@
 """The text-to-video cascade on tiny random stages: every intermediate has the planned shape,
-the interpolated video keeps the upscaled keyframes, a second prompt compiles nothing, skipped
-stages pass their input on, every size problem is named before a stage runs, and
-`sample.py "a prompt"` writes the video, its settings and the intermediates."""
+the interpolated video keeps the upscaled keyframes, every stage is compiled ahead (no compile
+once the stages run, the same pixels as compiling each stage as it goes, a stage's error raised
+as it was), a second prompt compiles nothing, skipped stages pass their input on, every size
+problem is named before a stage runs, and `sample.py "a prompt"` writes the video, its settings
+and the intermediates."""
 
+import dataclasses
 import json
+from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -39,12 +44,26 @@ def folders(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def report():
-    return []  # the cascade's progress lines
+def compiles():
+    """The seconds of every XLA backend compile while this module's tests run, as they end."""
+    seconds = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            seconds.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield seconds
+    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 @pytest.fixture(scope="module")
-def cascade(folders, report):
+def report():
+    return []  # the cascade's progress lines, each with the number of compiles before it
+
+
+@pytest.fixture(scope="module")
+def cascade(folders, report, compiles):
     t2i_folder, i2v_folder = folders
     interpolator = FrameInterpolator(block_channels=(8, 8), block_scales=(2, 1), num_res=1,
                                      refine_channels=8)  # fmt: skip
@@ -55,13 +74,19 @@ def cascade(folders, report):
         text_to_image=mv2_jax.load_pipeline(t2i_folder),
         video_to_video=load_v2v_pipeline(i2v_folder),  # training-free SDEdit mode
         interpolator=FrameInterpolationPipeline(interpolator, params),
-        report=report.append,
+        report=lambda line: report.append((line, len(compiles))),
     )
 
 
-def jax_key():
-    import jax
+@pytest.fixture(scope="module")
+def first(cascade, report, compiles):
+    """The cascade's first call (it compiles every stage ahead) and the compiles it made."""
+    before = len(compiles)
+    out = cascade("a red fox", **RUN)
+    return out, before, len(compiles)
 
+
+def jax_key():
     return jax.random.key(0)
 
 
@@ -77,22 +102,62 @@ def _trace_counts(cascade):
     ]
 
 
-def test_every_stage_runs_at_its_planned_size_and_a_new_prompt_compiles_nothing(cascade, report):
-    out = cascade("a red fox", **RUN)
+def test_every_stage_runs_at_its_planned_size_and_a_new_prompt_compiles_nothing(
+    cascade, first, report, compiles
+):
+    out, _, _ = first
     assert out.key_image.shape == (16, 16, 3)
     assert out.keyframes.shape == (3, 16, 16, 3)
     assert out.upscaled.shape == (3, 32, 32, 3)
     assert out.frames.shape == (7, 32, 32, 3)
     np.testing.assert_array_equal(out.frames[::3], out.upscaled)  # VFI keeps its input frames
-    assert [line.split(":")[0] for line in report] == [
+    lines = [line for line, _ in report]
+    assert [line.split(":")[0] for line in lines] == [
         "[1/4] t2i", "[2/4] i2v", "[3/4] v2v", "[4/4] vfi"
     ]  # fmt: skip
-    assert "16×16 → 32×32" in report[2] and "3 → 7 frames" in report[3]
+    assert "16×16 → 32×32" in lines[2] and "3 → 7 frames" in lines[3]
 
     counts = _trace_counts(cascade)
+    compiled = len(compiles)
     again = cascade("a blue bird", **RUN)
-    assert _trace_counts(cascade) == counts
+    assert _trace_counts(cascade) == counts and len(compiles) == compiled
     assert np.abs(again.key_image - out.key_image).max() > 1e-3  # the prompt reached T2I
+
+
+def test_every_stage_compiles_ahead_and_makes_what_compiling_as_it_goes_makes(
+    cascade, first, report, compiles
+):
+    out, before, after = first
+    assert after > before and _trace_counts(cascade) == [1, 1, 1, 1]
+    assert [count for _, count in report[:4]] == [after] * 4  # all before the first stage ran
+    # The same pipelines compiling afresh as each stage's input arrives; I2V (whose call V2V's
+    # extends) is shared, to keep the test short.
+    fresh = {
+        name: dataclasses.replace(getattr(cascade, name), _compiled={}, trace_count=0)
+        for name in ("text_to_image", "video_to_video")
+    }
+    interpolator = dataclasses.replace(cascade.interpolator, _step=None, trace_count=0)
+    as_it_goes = TextToVideoCascade(
+        cascade.image_to_video, **fresh, interpolator=interpolator, report=lambda line: None
+    )
+    before = len(compiles)
+    again = as_it_goes("a red fox", **RUN, compile_workers=0)
+    traced = [pipe.trace_count for pipe in (*fresh.values(), interpolator)]
+    assert len(compiles) > before and traced == [1, 1, 1]  # each compiled as it ran
+    for name in ("key_image", "keyframes", "upscaled", "frames"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(out, name), err_msg=name)
+
+
+def test_an_error_while_compiling_ahead_reaches_the_caller_as_raised(cascade):
+    lines = []
+    short = TextToVideoCascade(cascade.image_to_video, report=lines.append)
+    key = np.zeros((16, 16, 3), np.float32)
+    bad = dataclasses.replace(I2V, extra={"noise_prior": "blue"})
+    with pytest.raises(ValueError, match=r"^noise_prior 'blue'; choose from \(") as error:
+        short("a red fox", key_image=key, i2v=bad, num_frames=3)
+    raised_in = {Path(entry.path).parts[-3:] for entry in error.traceback}
+    assert ("concurrent", "futures", "thread.py") in raised_in  # in a compile thread
+    assert lines == []  # no stage ran
 
 
 def test_a_key_image_skips_t2i_and_missing_stages_pass_their_input_on(cascade):
