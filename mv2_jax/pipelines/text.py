@@ -3,6 +3,7 @@ encoders, penultimate hidden states concatenated, pooled `text_embeds` of the se
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -14,10 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def load_tokenizer(folder: Path):
+def load_tokenizer(folder: str | os.PathLike):
     """transformers' CLIP tokenizer from a pipeline's `tokenizer*/` folder (no download)."""
     from transformers import CLIPTokenizer
 
+    folder = Path(folder)
     if not any((folder / f).exists() for f in ("tokenizer.json", "vocab.json")):
         raise FileNotFoundError(
             f"{folder}: no CLIP tokenizer files (tokenizer.json, or vocab.json + merges.txt)"
