@@ -226,6 +226,7 @@ def test_t2i_passes_settings_and_writes_pngs_with_sidecars(
         *("--negative-prompt", "blurry", "--negative-prompt", "dark"),
         *("--num-images", "2", "--steps", "7", "--scheduler", "Euler_A", "--seed", "5"),
         *("--height", "16", "--width", "24", "--dtype", "bf16", "--mesh", "fsdp:-1"),
+        "--step-progress",
     ]
     assert sample.main(argv) == 0
 

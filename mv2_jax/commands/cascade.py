@@ -294,6 +294,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         **call,
         vfi_batch_size=args.vfi_batch_size,
         mesh=mesh,
+        progress=args.step_progress,
     )
     if jax.process_index() == 0:
         write_outputs(out, plan, settings, args, argv, mesh)

@@ -102,6 +102,13 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     flag(
+        "--step-progress",
+        action="store_true",
+        help="a progress bar over the denoising steps of each run; off by default because a "
+        "compiled sampler that reports its steps cannot be kept in the compilation cache "
+        "(jax stores no program with host callbacks), so every run would compile it again",
+    )
+    flag(
         "--mesh",
         metavar="SPEC",
         help="device mesh as axis:size over data, fsdp, tensor, frames, e.g. data:2,fsdp:4; "
@@ -209,7 +216,7 @@ def sampling_kwargs(args: argparse.Namespace, mesh) -> dict:
         width=args.width,
         seed=args.seed,
         mesh=mesh,
-        progress=True,
+        progress=args.step_progress,
     )
 
 
