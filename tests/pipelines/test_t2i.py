@@ -130,6 +130,15 @@ def test_new_prompt_seed_guidance_and_steps_do_not_recompile(sd_pipe):
     assert np.abs(first - other).max() > 1e-3
 
 
+def test_the_step_bar_counts_every_step_and_changes_nothing(sd_pipe, capsys):
+    common = dict(num_inference_steps=3, guidance_scale=7.5, seed=1, scheduler="ddim")
+    quiet = sd_pipe("a cat", **common)
+    shown = sd_pipe("a cat", progress=True, **common)
+    np.testing.assert_array_equal(shown, quiet)
+    err = capsys.readouterr().err
+    assert "denoising: 100%" in err and "3/3" in err
+
+
 def test_wrong_inputs_give_clear_errors(sd_folder, sd_pipe):
     with pytest.raises(ValueError, match="multiples of 8"):
         sd_pipe("x", height=20, width=16)
