@@ -161,12 +161,18 @@ def label_ids(captions, labeller) -> np.ndarray:
 # ---- the loss, apart from the models
 
 
+def spread_frames(pixels: jax.Array, count: int) -> jax.Array:
+    """`[B,F,…]` → `[B,count,…]`: `count` frames spread evenly over the clip, first and last
+    included (frame 0 … F-1, indices rounded)."""
+    return pixels[:, np.round(np.linspace(0, pixels.shape[1] - 1, count)).astype(int)]
+
+
 def storyboard(pixels: jax.Array, grid: int, size: int) -> jax.Array:
-    """`[B,F,H,W,3]` in [-1, 1] → `[B,size,size,3]`: `grid²` frames spread evenly over the clip
-    (frame 0 … F-1, rounded), tiled in reading order, resized to `size` if they are not
-    `size / grid` already, normalised as CLIP's image processor does."""
-    b, f, h, w, c = pixels.shape
-    frames = pixels[:, np.round(np.linspace(0, f - 1, grid * grid)).astype(int)]
+    """`[B,F,H,W,3]` in [-1, 1] → `[B,size,size,3]`: `grid²` frames (`spread_frames`) tiled in
+    reading order, resized to `size` if they are not `size / grid` already, normalised as
+    CLIP's image processor does."""
+    b, _, h, w, c = pixels.shape
+    frames = spread_frames(pixels, grid * grid)
     tiles = frames.reshape(b, grid, grid, h, w, c).transpose(0, 1, 3, 2, 4, 5)
     board = tiles.reshape(b, grid * h, grid * w, c)
     if (grid * h, grid * w) != (size, size):
@@ -175,11 +181,10 @@ def storyboard(pixels: jax.Array, grid: int, size: int) -> jax.Array:
 
 
 def stacked_frames(pixels: jax.Array, count: int, size: int) -> jax.Array:
-    """`[B,F,H,W,3]` in [-1, 1] → `[B,size,size,3·count]`: `count` frames spread evenly over
-    the clip (rounded), each resized to `size`, normalised as `storyboard`, on the channels in
-    time order."""
-    b, f, h, w, c = pixels.shape
-    frames = pixels[:, np.round(np.linspace(0, f - 1, count)).astype(int)]
+    """`[B,F,H,W,3]` in [-1, 1] → `[B,size,size,3·count]`: `count` frames (`spread_frames`),
+    each resized to `size`, normalised as `storyboard`, on the channels in time order."""
+    b, _, h, w, c = pixels.shape
+    frames = spread_frames(pixels, count)
     if (h, w) != (size, size):
         frames = jax.image.resize(frames, (b, count, size, size, c), "linear", antialias=True)
     frames = clip_normalised(frames)
