@@ -181,7 +181,7 @@ class TextToVideoCascade:
         factor: int = 3,
         vfi_batch_size: int = 8,
         mesh=None,
-        progress: bool = True,
+        progress: bool = False,
         compile_workers: int = 2,
     ) -> CascadeOutput:
         """Run the cascade for one prompt (see the module docstring). The first call with these

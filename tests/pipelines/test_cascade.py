@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.torch, pytest.mark.slow]
 T2I = StageSettings(steps=2, height=16, width=16, seed=1)
 I2V = StageSettings(steps=2, height=16, width=16, seed=2, scheduler="ddim")
 V2V = StageSettings(steps=2, height=32, width=32, seed=3, extra={"strength": 0.6})
-RUN = dict(t2i=T2I, i2v=I2V, v2v=V2V, num_frames=3, factor=3, progress=False)  # as the CLI
+RUN = dict(t2i=T2I, i2v=I2V, v2v=V2V, num_frames=3, factor=3)
 
 
 @pytest.fixture(scope="module")
