@@ -78,6 +78,7 @@ def get_config(variant: str = "tiny"):
         config.log_every = 25
         config.ema_decay = 0.999
         config.compute_dtype = "float32"
+        config.diffusion.min_snr_gamma = shapes.MIN_SNR_GAMMA
     elif variant == "sd15":
         # MagicVideo-V2 §3: about 600² × 32 keyframes; 576 = 9·64 keeps the UNet's 3 halvings
         # of the 72² latent whole.

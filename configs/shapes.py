@@ -47,6 +47,11 @@ SCHEDULER = {
     "steps_offset": 1,
 }
 
+# Every stage of the world trains plain v-MSE (as SD 2.x trains v-models): Min-SNR-γ's v weight
+# min(SNR, γ)/(SNR + 1) is 0 at this schedule's last step and < 0.06 above t = 700, where
+# sampling from pure noise decides the layout (T2I) and the motion (I2V).
+MIN_SNR_GAMMA = 0.0
+
 
 def image_unet() -> dict:
     """The T2I UNet (1.5 M params): three levels of 16², 8², 4² latents."""

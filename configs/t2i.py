@@ -92,10 +92,7 @@ def get_config(variant: str = "tiny"):
         config.log_every = 25
         config.ema_decay = 0.999
         config.compute_dtype = "float32"  # bf16 matmuls are slower than fp32 on XLA:CPU
-        # Plain v-MSE (as SD 2.x trains v-models): Min-SNR-γ's v weight min(SNR, γ)/(SNR + 1)
-        # is 0 at the zero-terminal-SNR schedule's last step and < 0.06 above t = 700, where
-        # sampling from pure noise decides the layout.
-        config.diffusion.min_snr_gamma = 0.0
+        config.diffusion.min_snr_gamma = shapes.MIN_SNR_GAMMA
     elif variant == "sd15":
         config.data.height = config.data.width = 512
         config.batch_size = 32

@@ -68,6 +68,7 @@ def get_config(variant: str = "tiny"):
         config.log_every = 25
         config.ema_decay = 0.999
         config.compute_dtype = "float32"
+        config.diffusion.min_snr_gamma = shapes.MIN_SNR_GAMMA
     elif variant == "sd15":
         # MagicVideo-V2 §3: ≈600² keyframes up to ≈1048²; multiples of 64 keep the UNet's three
         # halvings whole: 576² inputs (the I2V stage's size) → 1024² targets.
