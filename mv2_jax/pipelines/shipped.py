@@ -16,11 +16,15 @@ SHIPPED = {
 
 
 # How `sample.py` runs the shipped set unless told otherwise (cascade flags → values): the
-# shapes world's models are small and sample in few steps; V2V follows its low-res input
-# without guidance (one UNet pass a step, not two). Measured in docs/shapes.md.
+# shapes world's models are small and sample in few steps; guidance below the usual 7.5 keeps
+# the key images' shapes (T2I) and the key image in frame 0 (I2V) while the motion still
+# follows the prompt; V2V follows its low-res input without guidance (one UNet pass a step, not
+# two). Measured in docs/shapes.md ("Sampling settings of the shipped set").
 SHIPPED_SAMPLING = {
     "t2i_steps": 30,
+    "t2i_guidance_scale": 2.0,
     "i2v_steps": 25,
+    "i2v_guidance_scale": 5.0,
     "v2v_steps": 10,
     "v2v_guidance_scale": 1.0,
 }
