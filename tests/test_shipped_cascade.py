@@ -8,12 +8,6 @@ import sample
 from mv2_jax.data.shapes import parse_prompt
 from mv2_jax.evaluation.shapes import Combination, score_sample
 from mv2_jax.media import load_image, read_video
-from mv2_jax.pipelines.shipped import shipped_model
-
-pytestmark = pytest.mark.skipif(
-    any(shipped_model(stage) is None for stage in ("t2i", "i2v", "v2v")),
-    reason="the shipped shapes-world models are not in this install",
-)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +16,6 @@ def compilation_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("xla")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "prompt",
     [
