@@ -86,18 +86,20 @@ def add_stage_flags(parser) -> None:
     flag("--seed", type=int, default=0, metavar="N", help="every stage's seed unless given")
     for stage, steps in DIFFUSION_STAGES.items():
         name = stage.upper()
-        shipped = SHIPPED_SAMPLING.get(f"{stage}_steps", steps)
+        shipped = SHIPPED_SAMPLING[f"{stage}_steps"]
         flag(
             f"--{stage}-steps",
             type=int,
             metavar="N",
             help=f"{name} denoising steps (default {steps}; {shipped} with the shipped models)",
         )
+        guidance = SHIPPED_SAMPLING[f"{stage}_guidance_scale"]
         flag(
             f"--{stage}-guidance-scale",
             type=float,
             metavar="W",
-            help=f"{name} guidance weight (default: the model's)",
+            help=f"{name} guidance weight (default: the model's; {guidance} with the shipped "
+            "models)",
         )
         flag(f"--{stage}-seed", type=int, metavar="N", help=f"{name} seed (default --seed)")
         flag(
