@@ -185,6 +185,26 @@ def test_no_model_flags_run_the_shipped_models(shipped, tmp_path):
     assert [settings[s].steps for s in ("t2i", "i2v", "v2v")] == list(DIFFUSION_STAGES.values())
 
 
+def test_a_prompt_outside_the_shipped_world_gets_a_note(shipped):
+    from mv2_jax.commands.cascade import outside_the_shipped_world, use_shipped_models
+
+    for folder in shipped.values():
+        folder.mkdir(parents=True)
+        (folder / "model_index.json").write_text("{}")
+
+    def note(*argv):
+        args = sample.build_parser().parse_args(["cascade", *argv])
+        use_shipped_models(args)
+        return outside_the_shipped_world(args)
+
+    fox = note("a red fox running through snow")
+    assert fox.startswith("note: no shape in 'a red fox running through snow'")
+    assert "circle, square, triangle" in fox and "--t2i-model" in fox
+    assert "more than one colour (blue, red)" in note("a red and blue circle moving up")
+    assert note("The cyan square moving towards the left.") is None
+    assert note("a red fox", "--t2i-model", "a", "--i2v-model", "b") is None  # own models
+
+
 def test_a_prompt_alone_runs_the_cascade_which_names_what_it_needs(capsys, no_loading, shipped):
     assert sample.main(["a red fox running through snow", "--out", "fox.avi"]) == 2
     err = capsys.readouterr().err

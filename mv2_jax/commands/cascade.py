@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -175,6 +176,23 @@ def use_shipped_models(args: argparse.Namespace) -> None:
             setattr(args, flag, value)
 
 
+def outside_the_shipped_world(args: argparse.Namespace) -> str | None:
+    """A note when the shipped models run a prompt they were not trained for (it still runs)."""
+    if args.i2v_model is None or args.i2v_model != str(shipped_model("i2v")):
+        return None
+    from mv2_jax.data.shapes import parse_prompt
+
+    try:
+        parse_prompt(args.prompt)
+    except ValueError as e:
+        return (
+            f"note: {e}. The shipped models know one coloured shape moving left, right, up or "
+            "down (docs/shapes.md); for other subjects give --t2i-model, --i2v-model and "
+            "--v2v-model."
+        )
+    return None
+
+
 def sampler_problems(args: argparse.Namespace, stage: str) -> list[str]:
     """What is wrong with `stage`'s --STAGE-scheduler and --STAGE-steps."""
     problems = []
@@ -282,6 +300,9 @@ def _given(value, default):
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     check(args)
+    note = outside_the_shipped_world(args)
+    if note:
+        print(note, file=sys.stderr)
     mesh = build_mesh(args.mesh)
     from mv2_jax.media import load_image
 
