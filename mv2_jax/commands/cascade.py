@@ -178,7 +178,8 @@ def use_shipped_models(args: argparse.Namespace) -> None:
 
 def outside_the_shipped_world(args: argparse.Namespace) -> str | None:
     """A note when the shipped models run a prompt they were not trained for (it still runs)."""
-    if args.i2v_model is None or args.i2v_model != str(shipped_model("i2v")):
+    shipped = shipped_model("i2v")
+    if shipped is None or args.i2v_model != str(shipped):
         return None
     from mv2_jax.data.shapes import parse_prompt
 
