@@ -164,16 +164,23 @@ def test_argparse_errors_also_exit_2(capsys, no_loading, pipeline_folder):
     assert "--model" in capsys.readouterr().err
 
 
-def test_no_model_flags_run_the_shipped_models(shipped, tmp_path):
-    from mv2_jax.commands.cascade import DIFFUSION_STAGES, stage_settings, use_shipped_models
-    from mv2_jax.pipelines.shipped import SHIPPED_SAMPLING
-
+@pytest.fixture
+def shipped_present(shipped):
+    """`shipped`, with a pipeline folder (its model_index.json) at each stage's place."""
     for folder in shipped.values():
         folder.mkdir(parents=True)
         (folder / "model_index.json").write_text("{}")
+    return shipped
+
+
+def test_no_model_flags_run_the_shipped_models(shipped_present):
+    from mv2_jax.commands.cascade import DIFFUSION_STAGES, stage_settings, use_shipped_models
+    from mv2_jax.pipelines.shipped import SHIPPED_SAMPLING
+
     args = sample.build_parser().parse_args(["cascade", "a red circle", "--v2v-steps", "4"])
     use_shipped_models(args)
-    assert (args.t2i_model, args.i2v_model, args.v2v_model) == tuple(map(str, shipped.values()))
+    expected = tuple(map(str, shipped_present.values()))
+    assert (args.t2i_model, args.i2v_model, args.v2v_model) == expected
     # the shipped set's sampling settings, where the command line leaves them open
     assert (args.i2v_steps, args.v2v_steps) == (SHIPPED_SAMPLING["i2v_steps"], 4)
     assert args.v2v_guidance_scale == SHIPPED_SAMPLING["v2v_guidance_scale"]
@@ -185,12 +192,8 @@ def test_no_model_flags_run_the_shipped_models(shipped, tmp_path):
     assert [settings[s].steps for s in ("t2i", "i2v", "v2v")] == list(DIFFUSION_STAGES.values())
 
 
-def test_a_prompt_outside_the_shipped_world_gets_a_note(shipped):
+def test_a_prompt_outside_the_shipped_world_gets_a_note(shipped_present):
     from mv2_jax.commands.cascade import outside_the_shipped_world, use_shipped_models
-
-    for folder in shipped.values():
-        folder.mkdir(parents=True)
-        (folder / "model_index.json").write_text("{}")
 
     def note(*argv):
         args = sample.build_parser().parse_args(["cascade", *argv])
