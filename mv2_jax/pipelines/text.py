@@ -16,14 +16,19 @@ import numpy as np
 
 
 def load_tokenizer(folder: str | os.PathLike):
-    """transformers' CLIP tokenizer from a pipeline's `tokenizer*/` folder (no download)."""
-    from transformers import CLIPTokenizer
-
+    """transformers' CLIP tokenizer from a pipeline's `tokenizer*/` folder (no download); in a
+    core install without transformers, the same tokenizer through `tokenizers` alone."""
     folder = Path(folder)
     if not any((folder / f).exists() for f in ("tokenizer.json", "vocab.json")):
         raise FileNotFoundError(
             f"{folder}: no CLIP tokenizer files (tokenizer.json, or vocab.json + merges.txt)"
         )
+    try:
+        from transformers import CLIPTokenizer
+    except ImportError:
+        from mv2_jax.pipelines.clip_tokenizer import ClipTokenizer
+
+        return ClipTokenizer.from_folder(folder)
     return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
