@@ -1,65 +1,46 @@
-"""Sampling from the command line.
-
-    python sample.py t2i --model FOLDER --prompt "a red fox in snow" --out samples/
-    python sample.py t2v --model FOLDER --prompt "a red fox running" --out fox.mp4
-    python sample.py i2v --model FOLDER --image key.png --prompt "a red fox running" --out k.mp4
-    python sample.py v2v --model FOLDER --input k.mp4 --prompt "a red fox running" --out hi.mp4
-    python sample.py vfi --input keyframes.mp4 --factor 3 --out frames.mp4
-    python sample.py "a prompt" --t2i-model SD --i2v-model ANIMATEDIFF --out video.mp4
-                                        the whole cascade: T2I → I2V → V2V → VFI
-
-Every image is written as `OUT/00000.png` with `OUT/00000.json` beside it holding the settings
-and library versions that made it; a video `OUT.mp4` gets `OUT.json`. Each subcommand lives in
-`mv2_jax/commands/` (its flags, checks, run); this file picks one and reports errors.
+"""Sampling from the command line: `python sample.py "a prompt"` runs the whole cascade,
+`python sample.py SUBCOMMAND ...` one stage (`--help` for every flag). The program lives in
+mv2_jax/cli/sample.py (installed as `mv2-sample`); this file runs it from a checkout, and
+before the slow imports makes Ctrl-C quiet and says what it is doing if they take a while.
 """
 
-from __future__ import annotations
-
-import argparse
+import os
 import sys
+import threading
+import time
 from pathlib import Path
 
+STARTED = time.perf_counter()  # the imports below are the first phase of `--timings`
+
+
+def _until_imported() -> threading.Timer | None:
+    """As a script: Ctrl-C ends with one line and status 130, and a line says what runs if the
+    imports (jax, flax: seconds on a busy machine) take over a second."""
+    if __name__ != "__main__" or {"-h", "--help"} & set(sys.argv[1:]):
+        return None
+    import signal
+
+    def interrupted(signum, frame):
+        print("interrupted", file=sys.stderr, flush=True)
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, interrupted)
+    line = "starting: importing jax and the pipelines"
+    notice = threading.Timer(1.0, print, [line], {"file": sys.stderr, "flush": True})
+    notice.daemon = True
+    notice.start()
+    return notice
+
+
+_NOTICE = _until_imported()
 # Run as a script from a checkout: make the package next to this file importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mv2_jax.commands import cascade, i2v, t2i, t2v, v2v, vfi
-from mv2_jax.commands.common import run_reporting_errors, use_compilation_cache
+from mv2_jax.cli.sample import build_parser, main  # noqa: E402
 
-COMMANDS = {"cascade": cascade, "t2i": t2i, "t2v": t2v, "i2v": i2v, "v2v": v2v, "vfi": vfi}
-COMING: dict[str, str] = {}
-CASCADE = 'python sample.py "a prompt" ... runs the whole cascade (`sample.py cascade --help`)'
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sample.py",
-        description="Sample from the MagicVideo-V2 stages (JAX/Flax).",
-        epilog=f"Without a subcommand: {CASCADE}.",
-    )
-    names = ",".join([*COMMANDS, *COMING])
-    commands = parser.add_subparsers(dest="command", metavar=f"{{{names}}}")
-    for command in COMMANDS.values():
-        command.add_parser(commands)
-    for name, text in COMING.items():
-        commands.add_parser(name, help=f"{text}; not available yet", description=text)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    if not argv:
-        parser.print_help(sys.stderr)
-        return 2
-    if argv[0] not in (*COMMANDS, *COMING) and not argv[0].startswith("-"):
-        argv = ["cascade", *argv]  # the default subcommand: a prompt comes first
-    if argv[0] in COMING and not {"-h", "--help"} & set(argv):
-        print(f"sample.py {argv[0]}: {COMING[argv[0]]}; not available yet", file=sys.stderr)
-        return 2
-    args = parser.parse_args(argv)
-    use_compilation_cache(getattr(args, "compilation_cache", None))
-    return run_reporting_errors(f"sample.py {args.command}", COMMANDS[args.command].run, args, argv)
-
+__all__ = ["build_parser", "main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if _NOTICE is not None:
+        _NOTICE.cancel()  # imported: the run's own lines take over
+    sys.exit(main(started=STARTED))

@@ -17,6 +17,7 @@ import logging
 import sys
 
 from mv2_jax.data.manifest import ManifestError
+from mv2_jax.extras import require_train_extra
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    require_train_extra("python -m mv2_jax.data.build")
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from mv2_jax.data.builders import build_image_dataset, build_video_dataset
