@@ -34,14 +34,16 @@ def denoise(
     latents: jax.Array,
     key: jax.Array,
     start: jax.Array | int = 0,
-    progress: Callable[[jax.Array], None] | None = None,
+    progress: Callable[..., None] | None = None,
+    progress_args: tuple = (),
 ) -> jax.Array:
     """Run `scheduler` from step `start` to `tables["num_steps"]`.
 
     `model_fn(scaled_latents, timestep) → model_output` is the (guided) denoiser; `latents` are
     the already-noised starting latents; `key` gives the per-step noise of stochastic samplers
-    (`fold_in(key, i)`). `progress(i)`, if given, runs on the host after each real step through
-    `jax.debug.callback`; when None nothing is added to the graph."""
+    (`fold_in(key, i)`). `progress(i, *progress_args)`, if given, runs on the host after each
+    real step through `jax.debug.callback` (the args may be traced, e.g. the id of the call a
+    bar belongs to); when None nothing is added to the graph."""
     num_steps = tables["num_steps"]
     length = tables["timesteps"].shape[0]
 
@@ -52,7 +54,7 @@ def denoise(
         noise = jax.random.normal(jax.random.fold_in(key, i), sample.shape, sample.dtype)
         sample, state = scheduler.step(tables, state, i, sample, output.astype(sample.dtype), noise)
         if progress is not None:
-            jax.debug.callback(progress, i)
+            jax.debug.callback(progress, i, *progress_args)
         return sample, state
 
     def body(carry, i):

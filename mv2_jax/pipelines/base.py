@@ -1,12 +1,24 @@
-"""What the text-to-image and text-to-video pipelines share: the components, prompt embeddings
-with classifier-free guidance, params placed on a mesh, a cache of compiled generate functions,
-compiling them ahead of a call (`precompile`), the guided denoiser, VAE encode / decode, and the
-checks and placement of per-call inputs.
+"""The one template every diffusion pipeline (T2I, T2V, I2V, V2V) follows:
+
+    request (frozen: every per-call setting)            `SamplingRequest` and subclasses
+      → prepare (host: sizes checked, text encoded,      `prepare`, extended by `condition`
+                 noise drawn, conditioning fitted)
+      → program (one jit per `Program`, params and       `program`, `_generate`
+                 traced scalars as arguments)
+      → decode (VAE, chunked, tiled if asked) → [0, 1]   `decode_latents`
+
+T2I is the single-frame case: its latents have no frame axis, everything else is shared. A
+subclass adds its request fields, a host-side `condition` hook and the traced hooks
+(`conditions`, `predict_noise`, `apply_unet`). Nothing of a call is stored on the object: the
+compiled programs, placed params and progress bars are caches keyed by what they depend on,
+behind a lock, so one pipeline serves several threads at once.
 """
 
 from __future__ import annotations
 
-import contextvars
+import contextlib
+import functools
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,12 +29,13 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mv2_jax.diffusion.guidance import classifier_free_guidance
+from mv2_jax.diffusion.sampler import denoise, steps_bucket
+from mv2_jax.diffusion.schedulers import make_scheduler
 from mv2_jax.parallel.sharding import batch_sharding, module_shardings_for, shard_params
+from mv2_jax.pipelines.defaults import DEFAULT_GUIDANCE_SCALE, check_size, check_steps_left
 from mv2_jax.pipelines.progress import StepProgress
+from mv2_jax.pipelines.request import Prepared, Program, SamplingRequest
 from mv2_jax.pipelines.text import PromptEncoder
-
-# Set (per thread) while `precompile` runs a call: the generate function is compiled, not run.
-_COMPILE_ONLY = contextvars.ContextVar("compile_only", default=False)
 
 
 def starting_noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -32,9 +45,22 @@ def starting_noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
 
+class ProgramCache:
+    """What a pipeline keeps between calls, each keyed by what it depends on: the jitted
+    program of each `Program`, the params placed on each mesh, the open progress bars."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.programs: dict[Program, Callable] = {}
+        self.placements: dict[Any, dict] = {}
+        self.progress = StepProgress()
+
+
 @dataclass
 class LatentDiffusionPipeline:
-    """A UNet (2D or motion) + VAE + text encoders; subclasses define `__call__`."""
+    """A UNet (2D or motion) + VAE + text encoders, run by the template above. A subclass
+    defines `request(...)` (its call signature, returning its request dataclass); calling the
+    pipeline runs that request."""
 
     unet: Any
     unet_params: Any
@@ -42,12 +68,28 @@ class LatentDiffusionPipeline:
     vae_params: Any
     text: PromptEncoder
     scheduler_config: dict
-    default_guidance_scale: float = 7.5
+    default_guidance_scale: float = DEFAULT_GUIDANCE_SCALE
     unet_sample_size: int = 64
-    trace_count: int = 0  # how often a generate function was traced (no recompile ⇒ unchanged)
-    _compiled: dict = field(default_factory=dict, repr=False)
-    _placements: dict = field(default_factory=dict, repr=False)
-    _progress: StepProgress = field(default_factory=StepProgress, repr=False)
+    trace_count: int = 0  # how often a program was traced (no recompile ⇒ unchanged)
+    _cache: ProgramCache = field(
+        default_factory=ProgramCache, init=False, repr=False, compare=False
+    )
+
+    def __init_subclass__(cls, **kwargs):
+        """`pipe(...)` is `pipe.run(pipe.request(...))`, with `request`'s signature and doc."""
+        super().__init_subclass__(**kwargs)
+        if "request" in cls.__dict__:
+
+            @functools.wraps(cls.request)
+            def __call__(self, *args, **kwargs):
+                return self.run(self.request(*args, **kwargs))
+
+            cls.__call__ = __call__
+
+    def request(self, *args, **kwargs) -> SamplingRequest:
+        raise NotImplementedError("a pipeline class defines request(...)")
+
+    # ------------------------------------------------------------------ sizes
 
     @property
     def vae_scale_factor(self) -> int:
@@ -57,71 +99,202 @@ class LatentDiffusionPipeline:
     def default_size(self) -> int:
         return self.unet_sample_size * self.vae_scale_factor
 
-    def _prompt_context(
-        self, prompts: Sequence[str], negatives, per_prompt: int, use_cfg: bool
-    ) -> tuple[jax.Array, jax.Array | None]:
-        """`(context [N,L,D], pooled [N,P] or None)`, each prompt `per_prompt` times in a row;
-        with guidance the negative prompts' come first (`N = 2·B·per_prompt`), as in diffusers."""
-        cond = self.text.encode(prompts)
-        context, pooled = repeat_each(cond, per_prompt)
-        if use_cfg:
-            uncond, uncond_pooled = repeat_each(
-                self.text.encode_negative(negatives, cond), per_prompt
-            )
-            context = jnp.concatenate([uncond, context])
-            if pooled is not None:
-                pooled = jnp.concatenate([uncond_pooled, pooled])
-        return context, pooled
+    @property
+    def latent_channels(self) -> int:
+        """The channels of the latents the sampler works on (what the UNet predicts)."""
+        return self.unet.out_channels
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, request: SamplingRequest) -> np.ndarray:
+        """`request`'s images `[B,H,W,3]` or videos `[B,F,H,W,3]`, float32 in [0, 1]."""
+        prepared = self.prepare(request)
+        generate, args = self._program_and_args(prepared, request.mesh)
+        total = request.num_inference_steps
+        with self._cache.progress.bar(total, request.progress) as call, _on_mesh(request.mesh):
+            scalars = dict(args[2], call=_replicated(request.mesh, call))
+            return np.asarray(generate(args[0], args[1], scalars))
+
+    def precompile(self, *args, **kwargs) -> None:
+        """Compile, without running, the program that `self(*args, **kwargs)` would run (the
+        same checks and host-side preparation), so that such a call compiles nothing. Inputs
+        such as a key image or low-res frames only need their shape: zeros do. Thread-safe."""
+        request = self.request(*args, **kwargs)
+        generate, (params, inputs, scalars) = self._program_and_args(
+            self.prepare(request), request.mesh
+        )
+        with _on_mesh(request.mesh):
+            call = _replicated(request.mesh, np.int32(0))
+            generate.lower(params, inputs, dict(scalars, call=call)).compile()
+
+    def program(self, program: Program) -> Callable:
+        """The jitted `generate(params, inputs, scalars)` of `program`, made once."""
+        with self._cache.lock:
+            if program not in self._cache.programs:
+                self._cache.programs[program] = jax.jit(functools.partial(self._generate, program))
+            return self._cache.programs[program]
+
+    def _program_and_args(self, prepared: Prepared, mesh) -> tuple[Callable, tuple]:
+        params = self.placed_params(mesh)
+        inputs = place_batch(mesh, prepared.inputs)
+        scalars = _replicated(mesh, prepared.scalars)
+        return self.program(prepared.program), (params, inputs, scalars)
 
     def components(self) -> dict[str, tuple[Any, Any]]:
-        """`{name: (module, params)}` of the models the generate function runs; a subclass
-        with more models (a ControlNet, an appearance encoder) adds them here."""
+        """`{name: (module, params)}` of the models the program runs; a subclass with more
+        models (a ControlNet, an appearance encoder) adds them here."""
         return {"unet": (self.unet, self.unet_params), "vae": (self.vae, self.vae_params)}
 
-    def _placed_params(self, mesh) -> dict[str, Any]:
+    def placed_params(self, mesh) -> dict[str, Any]:
         """`{name: params}` of `components()`, placed on `mesh` by the logical-axis rules (once
         per mesh); without a mesh, as they are."""
         models = self.components()
         if mesh is None:
             return {name: params for name, (_, params) in models.items()}
-        if mesh not in self._placements:
-            self._placements[mesh] = {
-                name: shard_params(params, module_shardings_for(module, mesh))
-                for name, (module, params) in models.items()
-            }
-        return self._placements[mesh]
+        with self._cache.lock:
+            if mesh not in self._cache.placements:
+                self._cache.placements[mesh] = {
+                    name: shard_params(params, module_shardings_for(module, mesh))
+                    for name, (module, params) in models.items()
+                }
+            return self._cache.placements[mesh]
 
-    def _params_on(self, mesh):
-        """`(unet_params, vae_params)`, placed on `mesh` (see `_placed_params`)."""
-        placed = self._placed_params(mesh)
-        return placed["unet"], placed["vae"]
+    # ------------------------------------------------------------------ host side
 
-    def _compile_cached(self, key: tuple, generate: Callable, static_argnums=()) -> Callable:
-        """`jax.jit(generate)`, kept under `key` (the static configuration) across calls."""
-        if key not in self._compiled:
-            self._compiled[key] = jax.jit(generate, static_argnums=static_argnums)
-        return self._compiled[key]
+    def prepare(self, request: SamplingRequest) -> Prepared:
+        """Host-side preparation of `request`: the prompts encoded (the unconditional half
+        first under guidance, as diffusers), sizes checked, scheduler tables, starting noise;
+        then the subclass's `condition`."""
+        guidance = request.guidance_scale
+        guidance = self.default_guidance_scale if guidance is None else guidance
+        use_cfg = guidance > 1.0
+        context, pooled = self._prompt_context(request, use_cfg)
+        batch = context.shape[0] // (2 if use_cfg else 1)
+        height, width = self.output_size(request)
+        check_size(height, width, self.vae_scale_factor)
+        sched = make_scheduler(self.scheduler_config, request.scheduler)
+        factor = self.vae_scale_factor
+        frames = self.frame_count(request)
+        latent_size = (height // factor, width // factor, self.latent_channels)
+        shape = (batch, *latent_size) if frames is None else (batch, frames, *latent_size)
+        latents = request.latents
+        if latents is not None and tuple(latents.shape) != shape:
+            layout = "[B, h, w, C]" if frames is None else "[B, F, h, w, C]"
+            raise ValueError(
+                f"latents must have shape {shape} ({layout}, channels-last), "
+                f"got {tuple(latents.shape)}"
+            )
+        noise = starting_noise(request.seed, shape) if latents is None else latents
+        steps = request.num_inference_steps
+        prepared = Prepared(
+            Program(
+                scheduler=sched,
+                use_cfg=use_cfg,
+                shape=shape,
+                decode_chunk_size=request.decode_chunk_size,
+                vae_tile_size=request.vae_tile_size,
+                progress=request.progress,
+            ),
+            inputs={"context": context, "noise": np.asarray(noise, np.float32)},
+            scalars={
+                "guidance": np.float32(guidance),
+                "rescale": np.float32(request.guidance_rescale),
+                "tables": sched.tables(steps, steps_bucket(steps)),
+                "seed": np.int32(request.seed),
+                "start": np.int32(0),
+            },
+        )
+        return self.condition(request, prepared, pooled)
 
-    def precompile(self, *args, **kwargs) -> None:
-        """Compile, without running, the generate function that `self(*args, **kwargs)` would
-        run: the same checks and host-side preparation (the prompts are encoded), then
-        `.lower(...).compile()` of the same jit object with the same arguments, so that the
-        call with these settings and input shapes compiles nothing (inputs such as a key image
-        or low-res frames only need their shape: zeros do). Safe to run in a thread."""
-        token = _COMPILE_ONLY.set(True)
-        try:
-            self(*args, **kwargs)
-        finally:
-            _COMPILE_ONLY.reset(token)
+    def condition(self, request, prepared: Prepared, pooled) -> Prepared:
+        """Hook: add the request's conditioning inputs and static switches (`pooled`: SDXL's
+        pooled text embeddings, None otherwise)."""
+        del request, pooled
+        return prepared
 
-    def _launch(self, generate, args: tuple, num_steps: int, progress: bool) -> np.ndarray | None:
-        """`generate(*args)` as numpy, under a progress bar of `num_steps` steps; inside
-        `precompile`, only `generate.lower(*args).compile()` (and None)."""
-        if _COMPILE_ONLY.get():
-            generate.lower(*args).compile()
-            return None
-        with self._progress.bar(num_steps, enabled=progress):
-            return np.asarray(generate(*args))  # waits for the last step inside the bar
+    def output_size(self, request: SamplingRequest) -> tuple[int, int]:
+        """`(height, width)` of the output: the request's, else the pipeline's default."""
+        return request.height or self.default_size, request.width or self.default_size
+
+    def frame_count(self, request: SamplingRequest) -> int | None:
+        """Hook: the frames of a video pipeline's output; None for an image pipeline."""
+        del request
+        return None
+
+    def starting_step(self, prepared: Prepared, strength: float, steps: int) -> Prepared:
+        """img2img / SDEdit: start at `(1 − strength)·steps` from encoded pixels; an error when
+        that leaves no step to run."""
+        start = prepared.program.scheduler.start_index(steps, strength)
+        check_steps_left(start, int(prepared.scalars["tables"]["num_steps"]), strength, steps)
+        return prepared.adding({"init_latents": True}, scalars={"start": np.int32(start)})
+
+    def _prompt_context(self, request: SamplingRequest, use_cfg: bool):
+        """`(context [N,L,D], pooled [N,P] or None)`, each prompt `per_prompt` times in a row;
+        with guidance the negative prompts' come first (`N = 2·B·per_prompt`), as in diffusers."""
+        cond = self.text.encode(request.prompts)
+        context, pooled = repeat_each(cond, request.per_prompt)
+        if use_cfg:
+            negatives = self.text.encode_negative(request.negative_prompt, cond)
+            uncond, uncond_pooled = repeat_each(negatives, request.per_prompt)
+            context = jnp.concatenate([uncond, context])
+            if pooled is not None:
+                pooled = jnp.concatenate([uncond_pooled, pooled])
+        return context, pooled
+
+    # ------------------------------------------------------------------ traced
+
+    def _generate(self, program: Program, params: dict, inputs: dict, scalars: dict):
+        """Noise (or noised pixels) → denoised latents → decoded frames; traced once per
+        `program`."""
+        with self._cache.lock:
+            self.trace_count += 1
+        inputs = {**inputs, **self.conditions(program, params, inputs, scalars)}
+        scheduler, tables = program.scheduler, scalars["tables"]
+        key_steps = jax.random.split(jax.random.key(scalars["seed"]))[1]  # stochastic samplers
+        if program.init_latents:
+            latents = scheduler.add_noise(
+                tables, inputs["init_latents"], inputs["noise"], scalars["start"]
+            )
+        else:
+            latents = inputs["noise"] * tables["init_noise_sigma"]
+        model_fn = self.guided(
+            functools.partial(self.predict_noise, program, params, inputs),
+            program.use_cfg,
+            scalars["guidance"],
+            scalars["rescale"],
+        )
+        latents = denoise(
+            scheduler,
+            tables,
+            model_fn,
+            latents,
+            key_steps,
+            scalars["start"],
+            self._cache.progress.update if program.progress else None,
+            (scalars["call"],),
+        )
+        return self.decode_latents(
+            params["vae"], latents, program.decode_chunk_size, program.vae_tile_size
+        )
+
+    def conditions(self, program: Program, params, inputs: dict, scalars: dict) -> dict:
+        """Hook: traced inputs computed once per call (encoded images, reference features);
+        `init_latents` when the program starts from pixels."""
+        del program, params, inputs, scalars
+        return {}
+
+    def predict_noise(self, program: Program, params, inputs: dict, x, t) -> jax.Array:
+        """Hook: the UNet's output for `x [N,(F,)h,w,C]` at timesteps `t [N]`; with guidance
+        `N = 2B` and every batched entry of `inputs` (but the noise) is ordered
+        `[unconditional; conditional]` to match."""
+        del program
+        return self.unet.apply(
+            {"params": params["unet"]},
+            x,
+            t,
+            inputs["context"],
+            added_cond_kwargs=inputs.get("added_cond_kwargs"),
+        )
 
     @staticmethod
     def guided(predict: Callable, use_cfg: bool, guidance, rescale=0.0) -> Callable:
@@ -138,27 +311,36 @@ class LatentDiffusionPipeline:
 
         return model_fn
 
-    def _encode(self, vae_params, image):
-        """Images `[N,H,W,3]` in [0,1] → diffusion latents (the VAE posterior mean, scaled)."""
-        latents = self.vae.apply({"params": vae_params}, 2 * image - 1, method="encode").mode()
-        return self.vae.to_diffusion_latents(latents)
+    def encode_images(self, vae_params, images, chunk: int = 16, tile: int | None = None):
+        """Images `[N,H,W,3]` or videos `[N,F,H,W,3]` in [0,1] → diffusion latents (posterior
+        means, scaled), `chunk` frames (× N) per VAE call, in tiles of `tile` pixels if set."""
+        video = images if images.ndim == 5 else images[:, None]
+        posterior = self.vae.apply(
+            {"params": vae_params},
+            2 * video - 1,
+            chunk,
+            tile is not None,
+            tile,
+            method="encode_video",
+        )
+        latents = self.vae.to_diffusion_latents(posterior.mode())
+        return latents if images.ndim == 5 else latents[:, 0]
 
-    def _decode(self, vae_params, latents):
-        """Diffusion latents `[N,h,w,C]` → images `[N,H,W,3]` in [0,1]."""
-        vae = self.vae
-        latents = vae.from_diffusion_latents(latents)
-        images = vae.apply({"params": vae_params}, latents, method="decode")
-        return jnp.clip(images / 2 + 0.5, 0.0, 1.0)
-
-
-def as_list(value, n: int) -> list[str] | None:
-    """Negative prompt(s) as one per prompt (None stays None)."""
-    if value is None:
-        return None
-    values = [value] * n if isinstance(value, str) else list(value)
-    if len(values) != n:
-        raise ValueError(f"{len(values)} negative prompts for {n} prompts")
-    return values
+    def decode_latents(self, vae_params, latents, chunk: int = 16, tile: int | None = None):
+        """Diffusion latents `[N,h,w,C]` or `[N,F,h,w,C]` → frames in [0,1] of the same layout,
+        `chunk` frames (× N) per VAE call (a `lax.map`, as diffusers' `decode_chunk_size`), in
+        tiles of `tile` pixels if set; the VAE treats frames independently."""
+        video = latents if latents.ndim == 5 else latents[:, None]
+        images = self.vae.apply(
+            {"params": vae_params},
+            self.vae.from_diffusion_latents(video),
+            chunk,
+            tile is not None,
+            tile,
+            method="decode_video",
+        )
+        images = jnp.clip(images / 2 + 0.5, 0.0, 1.0)
+        return images if latents.ndim == 5 else images[:, 0]
 
 
 def repeat_each(pair, times: int):
@@ -175,13 +357,16 @@ def place_batch(mesh, tree):
     )
 
 
-def place_replicated(mesh, tree):
+def _replicated(mesh, tree):
     if mesh is None:
         return tree
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-def check_size(height: int, width: int, factor: int) -> None:
-    multiple = max(8, factor)
-    if height % multiple or width % multiple:
-        raise ValueError(f"height and width must be multiples of {multiple}; got {height}×{width}")
+def _on_mesh(mesh):
+    """Under a mesh, the motion UNet keeps frames split over its `frames` axis."""
+    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+
+
+def prompt_count(prompt: str | Sequence[str]) -> int:
+    return 1 if isinstance(prompt, str) else len(prompt)

@@ -54,10 +54,13 @@ def size_problems(height: int, width: int, vae_scale_factor: int, where: str = "
 
 
 def check_size(height: int, width: int, vae_scale_factor: int) -> None:
-    """`size_problems` as a ValueError."""
+    """`size_problems` as one ValueError."""
     problems = size_problems(height, width, vae_scale_factor)
     if problems:
-        raise ValueError("; ".join(problems))
+        multiple = size_multiple(vae_scale_factor)
+        raise ValueError(
+            f"height and width must be multiples of {multiple}: " + "; ".join(problems)
+        )
 
 
 def check_steps_left(start: int, num_steps: int, strength: float, num_inference_steps: int):

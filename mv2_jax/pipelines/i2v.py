@@ -17,7 +17,9 @@ conditioning on or off (scale None) or changing the noise prior's kind compiles 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -34,22 +36,42 @@ from mv2_jax.models.appearance import (
 )
 from mv2_jax.models.clip_vision import preprocess_images
 from mv2_jax.models.controlnet import SparseControlNetModel
-from mv2_jax.pipelines.t2v import TextToVideoPipeline, VideoRequest
+from mv2_jax.pipelines.base import prompt_count
+from mv2_jax.pipelines.defaults import PAPER_I2V_SIZE, STAGE_DEFAULTS
+from mv2_jax.pipelines.request import (
+    Prepared,
+    SamplingRequest,
+    check_choice,
+    check_unit_interval,
+)
+from mv2_jax.pipelines.t2v import TextToVideoPipeline
 
 NOISE_PRIORS = ("none", "mean_shift", "frequency")
 CONTROLNET_FRAMES = ("first", "all")
-# MagicVideo-V2's I2V resolution (§3): about 600² × 32 frames, for SD1.5-size models.
-PAPER_SIZE, PAPER_FRAMES = 600, 32
 
 
-@dataclass(frozen=True)
-class ImageVideoRequest(VideoRequest):
-    """`VideoRequest` plus which conditionings run (static: each changes the program)."""
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ImageToVideoRequest(SamplingRequest):
+    """`SamplingRequest` plus the key image and its conditionings' scales and options (see the
+    module docstring; a scale None skips that conditioning)."""
 
-    reference: bool = False
-    ip_adapter: bool = False
-    controlnet_frames: str | None = None
-    noise_prior: str = "none"
+    image: Any = None
+    reference_scale: float | None = 1.0
+    controlnet_scale: float | None = 1.0
+    ip_adapter_scale: float | None = 1.0
+    controlnet_frames: str = "first"
+    noise_prior: str = "mean_shift"
+    noise_prior_strength: float = 0.05
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice(self.noise_prior, "noise_prior", NOISE_PRIORS)
+        check_choice(self.controlnet_frames, "controlnet_frames", CONTROLNET_FRAMES)
+        check_unit_interval(self.noise_prior_strength, "noise_prior_strength")
+        for name in ("reference_scale", "controlnet_scale", "ip_adapter_scale"):
+            value = getattr(self, name)
+            if value is not None and not np.isfinite(value):
+                raise ValueError(f"{name} must be a finite number or None, got {value}")
 
 
 @dataclass
@@ -89,14 +111,15 @@ class ImageToVideoPipeline(TextToVideoPipeline):
     @property
     def default_size(self) -> int:
         native = super().default_size
-        return PAPER_SIZE if native >= 512 else native
+        return PAPER_I2V_SIZE if native >= 512 else native
 
-    def __call__(
+    def request(
         self,
         image,
-        prompt,
-        negative_prompt=None,
-        num_inference_steps: int = 25,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] | None = None,
+        *,
+        num_inference_steps: int = STAGE_DEFAULTS["i2v"].steps,
         guidance_scale: float | None = None,
         scheduler: str | None = None,
         height: int | None = None,
@@ -108,15 +131,15 @@ class ImageToVideoPipeline(TextToVideoPipeline):
         num_videos_per_prompt: int = 1,
         guidance_rescale: float = 0.0,
         decode_chunk_size: int = 16,
+        vae_tile_size: int | None = None,
         progress: bool = False,
-        *,
         reference_scale: float | None = 1.0,
         controlnet_scale: float | None = 1.0,
         ip_adapter_scale: float | None = 1.0,
         controlnet_frames: str = "first",
         noise_prior: str = "mean_shift",
         noise_prior_strength: float = 0.05,
-    ) -> np.ndarray:
+    ) -> ImageToVideoRequest:
         """Videos `[B·num_videos_per_prompt, F, H, W, 3]` in [0,1] from `image` (`[H,W,3]` or
         one per prompt `[B,H,W,3]`, float in [0,1] or uint8; scaled to cover `height × width`
         and centre-cropped). Default size: the model's (600² for SD1.5-size models, as in the
@@ -124,73 +147,78 @@ class ImageToVideoPipeline(TextToVideoPipeline):
         None (or that the pipeline lacks) is skipped; a scale of 0 runs it at zero weight (the
         same program as any other scale). `noise_prior` is "none", "mean_shift"
         (z_T = √a·z_ref + √(1−a)·ε, a = `noise_prior_strength`) or "frequency"."""
-        if noise_prior not in NOISE_PRIORS:
-            raise ValueError(f"noise_prior {noise_prior!r}; choose from {NOISE_PRIORS}")
-        if controlnet_frames not in CONTROLNET_FRAMES:
-            raise ValueError(
-                f"controlnet_frames {controlnet_frames!r}; choose from {CONTROLNET_FRAMES}"
-            )
-        if not 0.0 <= noise_prior_strength <= 1.0:
-            raise ValueError(f"noise_prior_strength must be in [0, 1], got {noise_prior_strength}")
-        if num_frames is None:
-            num_frames = min(PAPER_FRAMES, getattr(self.unet, "motion_max_seq_length", 32))
-        context, request, scalars = self.start(
-            prompt,
-            negative_prompt,
-            num_videos_per_prompt,
-            guidance_scale,
+        return ImageToVideoRequest(
+            image=image,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
             num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            guidance_rescale=guidance_rescale,
             scheduler=scheduler,
             height=height,
             width=width,
             num_frames=num_frames,
             latents=latents,
             seed=seed,
-            guidance_rescale=guidance_rescale,
+            mesh=mesh,
+            per_prompt=num_videos_per_prompt,
             decode_chunk_size=decode_chunk_size,
+            vae_tile_size=vae_tile_size,
             progress=progress,
-        )
-        use_control = self.controlnet is not None and controlnet_scale is not None
-        request = ImageVideoRequest(
-            **{f.name: getattr(request, f.name) for f in fields(VideoRequest)},
-            reference=self.appearance is not None and reference_scale is not None,
-            ip_adapter=self.has_ip_adapter,  # (its UNet needs image embeddings; None = weight 0)
-            controlnet_frames=controlnet_frames if use_control else None,
+            reference_scale=reference_scale,
+            controlnet_scale=controlnet_scale,
+            ip_adapter_scale=ip_adapter_scale,
+            controlnet_frames=controlnet_frames,
             noise_prior=noise_prior,
+            noise_prior_strength=noise_prior_strength,
         )
-        scalars.update(
-            reference_scale=jnp.float32(reference_scale or 0.0),
-            controlnet_scale=jnp.float32(controlnet_scale or 0.0),
-            ip_adapter_scale=jnp.float32(ip_adapter_scale or 0.0),
-            noise_prior_strength=jnp.float32(noise_prior_strength),
-        )
-        batch, _, h, w, _ = request.shape
+
+    def frame_count(self, request: SamplingRequest) -> int:
+        if request.num_frames is None:  # the paper's 32, or the motion modules' maximum
+            limit = self.unet.motion_max_seq_length
+            request = dataclasses.replace(
+                request, num_frames=min(STAGE_DEFAULTS["i2v"].num_frames, limit)
+            )
+        return super().frame_count(request)
+
+    def condition(self, request: ImageToVideoRequest, prepared: Prepared, pooled) -> Prepared:
+        """The key image fitted to the output size, and which conditionings run."""
+        del pooled
+        batch, _, h, w, _ = prepared.program.shape
+        use_control = self.controlnet is not None and request.controlnet_scale is not None
+        prompts = prompt_count(request.prompt)
         factor = self.vae_scale_factor
-        prompts = 1 if isinstance(prompt, str) else len(prompt)
-        images = fit_images(image, prompts, h * factor, w * factor)
-        inputs = {
-            "context": context,
-            "noise": self.noise(request, seed, latents),
-            "image": jnp.asarray(np.repeat(images, batch // prompts, axis=0)),
-        }
-        return self.run(request, inputs, scalars, num_inference_steps, mesh)
+        images = fit_images(request.image, prompts, h * factor, w * factor)
+        return prepared.adding(
+            dict(
+                reference=self.appearance is not None and request.reference_scale is not None,
+                ip_adapter=self.has_ip_adapter,  # (its UNet needs image embeddings)
+                controlnet_frames=request.controlnet_frames if use_control else None,
+                noise_prior=request.noise_prior,
+            ),
+            inputs={"image": np.repeat(images, batch // prompts, axis=0)},
+            scalars=dict(
+                reference_scale=np.float32(request.reference_scale or 0.0),
+                controlnet_scale=np.float32(request.controlnet_scale or 0.0),
+                ip_adapter_scale=np.float32(request.ip_adapter_scale or 0.0),
+                noise_prior_strength=np.float32(request.noise_prior_strength),
+            ),
+        )
 
     # ------------------------------------------------------------------ traced
 
-    def _generate(self, request, params, inputs, scalars):
-        """The key image's latent and features once per video, then text-to-video's loop."""
-        inputs = dict(inputs, **self._conditions(request, params, inputs, scalars))
-        return super()._generate(request, params, inputs, scalars)
-
-    def _conditions(self, request: ImageVideoRequest, params, inputs, scalars) -> dict:
-        reference_latent = self._encode(params["vae"], inputs["image"])  # [B,h,w,C]
+    def conditions(self, program, params, inputs, scalars) -> dict:
+        """The key image's latent and features, once per video."""
+        reference_latent = self.encode_images(
+            params["vae"], inputs["image"], program.decode_chunk_size, program.vae_tile_size
+        )  # [B,h,w,C]
         out = {}
-        if request.noise_prior != "none":
-            out["noise"] = self._noise_prior(request, inputs["noise"], reference_latent, scalars)
-        copies = 2 if request.use_cfg else 1
+        if program.noise_prior != "none":
+            out["noise"] = self._noise_prior(program, inputs["noise"], reference_latent, scalars)
+        copies = 2 if program.use_cfg else 1
         context = inputs["context"]
         cond_kwargs = None
-        if request.ip_adapter:
+        if program.ip_adapter:
             encoder, _ = self.image_encoder
             pixels = preprocess_images(inputs["image"], encoder.image_size)
             embeds = encoder.apply({"params": params["image_encoder"]}, pixels).image_embeds
@@ -200,7 +228,7 @@ class ImageToVideoPipeline(TextToVideoPipeline):
                 "image_embeds": jnp.concatenate([jnp.zeros_like(embeds)] * (copies - 1) + [embeds]),
                 "ip_adapter_scale": scalars["ip_adapter_scale"],
             }
-        if request.reference:
+        if program.reference:
             encoder, _ = self.appearance
             cond_context = context[context.shape[0] // copies * (copies - 1) :]
             features = encode_reference(
@@ -208,34 +236,37 @@ class ImageToVideoPipeline(TextToVideoPipeline):
             )
             features = with_reference_scale(features, scalars["reference_scale"])
             out["reference"] = tile_reference(features, copies)
-        if request.controlnet_frames is not None:
-            cond, mask = self._control_condition(request, reference_latent, inputs["image"])
+        if program.controlnet_frames is not None:
+            cond, mask = self._control_condition(program, reference_latent, inputs["image"])
             out["control_cond"] = jnp.concatenate([cond] * copies)
             out["control_mask"] = jnp.concatenate([mask] * copies)
             out["controlnet_scale"] = scalars["controlnet_scale"]
         return out
 
-    def _control_condition(self, request, reference_latent, image):
+    def _control_condition(self, program, reference_latent, image):
         """`(condition [B,F,H',W',C'], mask [B,F])`: the key image on frame 0 (or every frame),
         zeros elsewhere; SparseCtrl RGB with the simplified embedding takes its latent, other
         ControlNets its pixels in [0,1], as diffusers' pipelines feed them."""
         controlnet, _ = self.controlnet
-        frames = request.shape[1]
+        frames = program.shape[1]
         mask = jnp.ones((image.shape[0], frames), jnp.float32)
-        if request.controlnet_frames == "first":
+        if program.controlnet_frames == "first":
             mask = mask.at[:, 1:].set(0.0)
-        simplified = getattr(controlnet, "use_simplified_condition_embedding", False)
+        simplified = (
+            isinstance(controlnet, SparseControlNetModel)
+            and controlnet.use_simplified_condition_embedding
+        )
         pixels = reference_latent if simplified else image
         cond = pixels[:, None] * mask[:, :, None, None, None].astype(pixels.dtype)
         return cond, mask
 
-    def _noise_prior(self, request, noise, reference_latent, scalars) -> jax.Array:
-        """The unit-scale starting noise with the key image's latent mixed in (the default
-        `initial_latents` then scales it by the scheduler's initial sigma)."""
+    def _noise_prior(self, program, noise, reference_latent, scalars) -> jax.Array:
+        """The unit-scale starting noise with the key image's latent mixed in (the template
+        then scales it by the scheduler's initial sigma)."""
         strength = scalars["noise_prior_strength"]
-        if request.noise_prior == "mean_shift":
+        if program.noise_prior == "mean_shift":
             return mean_shift_prior(reference_latent, noise, strength)
-        alphas = jnp.asarray(request.scheduler.train_alphas_cumprod(), jnp.float32)
+        alphas = jnp.asarray(program.scheduler.train_alphas_cumprod(), jnp.float32)
         first = scalars["tables"]["timesteps"][0].astype(jnp.int32)
         key = jax.random.fold_in(jax.random.key(scalars["seed"]), 2)
         reference_noise = jax.random.normal(key, noise.shape, noise.dtype)
@@ -245,18 +276,19 @@ class ImageToVideoPipeline(TextToVideoPipeline):
         # the strength blends toward the prior: 0 = plain noise, 1 = the full frequency prior
         return jnp.sqrt(strength) * prior + jnp.sqrt(1.0 - strength) * noise
 
-    def predict_noise(self, params, inputs, x, t):
+    def predict_noise(self, program, params, inputs, x, t):
         variables = {"params": params["unet"]}
         if "reference" in inputs:
             variables["reference"] = inputs["reference"]
         residuals = {}
         if "control_cond" in inputs:
             residuals = self._control_residuals(params["controlnet"], inputs, x, t)
-        return self.apply_unet(variables, inputs, x, t, **residuals)
+        return self.apply_unet(program, variables, inputs, x, t, **residuals)
 
-    def apply_unet(self, variables: dict, inputs: dict, x: jax.Array, t: jax.Array, **kwargs):
+    def apply_unet(self, program, variables: dict, inputs: dict, x, t, **kwargs) -> jax.Array:
         """Hook: the motion UNet on the latents `x [N,F,h,w,C]` (the video-to-video pipeline
         adds its low-res latents and noise level here)."""
+        del program
         return self.unet.apply(
             variables,
             x,

@@ -199,7 +199,7 @@ def _image_video_parts(folder, index, dtype, controlnet, ip_adapter, image_encod
             )
         appearance = (appearance_encoder(backbone), spatial_params(backbone_params))
     shared = {f.name: getattr(video, f.name) for f in fields(video) if f.init}
-    shared.update(unet=unet, unet_params=unet_params, trace_count=0, _compiled={})
+    shared.update(unet=unet, unet_params=unet_params, trace_count=0)
     return dict(
         **shared,
         appearance=appearance,

@@ -1,8 +1,9 @@
-"""Text → image with SD1.x/2.x and SDXL: prompt embeddings, one jitted denoise + decode.
+"""Text → image with SD1.x/2.x and SDXL: the single-frame case of the pipeline template
+(`mv2_jax.pipelines.base`), plus SDXL's micro-conditioning and img2img.
 
 Everything that changes between calls of the same shapes — prompt embeddings, guidance scale
 and rescale, seed, step table, step count, first step — is a traced input, so a new prompt,
-seed, guidance or step count reuses the compiled function (`trace_count` shows it).
+seed, guidance, step count or strength reuses the compiled program (`trace_count` shows it).
 """
 
 from __future__ import annotations
@@ -14,27 +15,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mv2_jax.diffusion.sampler import denoise, steps_bucket
-from mv2_jax.diffusion.schedulers import make_scheduler
-from mv2_jax.pipelines.base import (
-    LatentDiffusionPipeline,
-    as_list,
-    check_size,
-    place_batch,
-    place_replicated,
-    starting_noise,
-)
+from mv2_jax.pipelines.base import LatentDiffusionPipeline
+from mv2_jax.pipelines.defaults import STAGE_DEFAULTS
+from mv2_jax.pipelines.request import Prepared, SamplingRequest, check_unit_interval
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ImageRequest(SamplingRequest):
+    """`SamplingRequest` plus img2img (`image [B,H,W,3]` in [0,1], `strength`) and SDXL's
+    micro-conditioning sizes (`(height, width)` each; None: the output size)."""
+
+    image: np.ndarray | None = None
+    strength: float = 0.8
+    original_size: tuple[int, int] | None = None
+    crops_coords_top_left: tuple[int, int] = (0, 0)
+    target_size: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_frames not in (None, 1):
+            raise ValueError("this is a text-to-image pipeline; num_frames must be None or 1")
+        if self.image is not None:
+            check_unit_interval(self.strength, "strength", open_below=True)
 
 
 @dataclass
 class TextToImagePipeline(LatentDiffusionPipeline):
     """`pipe(prompt, ...) → images [B,H,W,3]` in [0,1] (DESIGN.md, contract 3)."""
 
-    def __call__(
+    def request(
         self,
         prompt: str | Sequence[str],
         negative_prompt: str | Sequence[str] | None = None,
-        num_inference_steps: int = 50,
+        *,
+        num_inference_steps: int = STAGE_DEFAULTS["t2i"].steps,
         guidance_scale: float | None = None,
         scheduler: str | None = None,
         height: int | None = None,
@@ -50,89 +64,67 @@ class TextToImagePipeline(LatentDiffusionPipeline):
         target_size: tuple[int, int] | None = None,
         image: np.ndarray | None = None,
         strength: float = 0.8,
+        decode_chunk_size: int = 16,
+        vae_tile_size: int | None = None,
         progress: bool = False,
-    ) -> np.ndarray:
+    ) -> ImageRequest:
         """Images `[B,H,W,3]` in [0,1]. Given `image [B,H,W,3]` in [0,1] this is img2img /
         SDEdit: its latents (the VAE posterior mean) are noised to step `(1 − strength)·steps`
         and denoised from there; `latents` is then the unit noise added to them."""
-        if num_frames not in (None, 1):
-            raise ValueError("this is a text-to-image pipeline; num_frames must be None or 1")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negatives = as_list(negative_prompt, len(prompts))
-        if image is not None:
-            height, width = image.shape[1:3]
-        height, width = height or self.default_size, width or self.default_size
-        check_size(height, width, self.vae_scale_factor)
-        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
-        sched = make_scheduler(self.scheduler_config, scheduler)
-        tables = sched.tables(num_inference_steps, steps_bucket(num_inference_steps))
-        start = 0 if image is None else sched.start_index(num_inference_steps, strength)
-        if start >= int(tables["num_steps"]):
-            raise ValueError(
-                f"strength {strength} with {num_inference_steps} steps leaves no step "
-                "to run; raise strength or num_inference_steps"
-            )
+        return ImageRequest(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            guidance_rescale=guidance_rescale,
+            scheduler=scheduler,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            latents=latents,
+            seed=seed,
+            mesh=mesh,
+            per_prompt=num_images_per_prompt,
+            decode_chunk_size=decode_chunk_size,
+            vae_tile_size=vae_tile_size,
+            progress=progress,
+            image=image,
+            strength=strength,
+            original_size=original_size,
+            crops_coords_top_left=crops_coords_top_left,
+            target_size=target_size,
+        )
 
-        use_cfg = guidance_scale > 1.0
-        context, pooled = self._prompt_context(prompts, negatives, num_images_per_prompt, use_cfg)
-        batch = context.shape[0] // (2 if use_cfg else 1)
+    def output_size(self, request: ImageRequest) -> tuple[int, int]:
+        if request.image is not None:
+            return tuple(np.shape(request.image)[1:3])
+        return super().output_size(request)
+
+    def condition(self, request: ImageRequest, prepared: Prepared, pooled) -> Prepared:
+        """SDXL's pooled embeddings and size conditioning; img2img's image and first step."""
+        batch, height, width = prepared.program.shape[0], *self.output_size(request)
         if self.text.sdxl:
             time_ids = sdxl_time_ids(
-                context.shape[0],
-                original_size or (height, width),
-                crops_coords_top_left,
-                target_size or (height, width),
+                pooled.shape[0],
+                request.original_size or (height, width),
+                request.crops_coords_top_left,
+                request.target_size or (height, width),
             )
-        added = {"text_embeds": pooled, "time_ids": time_ids} if self.text.sdxl else None
+            added = {"text_embeds": pooled, "time_ids": time_ids}
+            prepared = prepared.adding({"sdxl": True}, {"added_cond_kwargs": added})
+        if request.image is None:
+            return prepared
+        image = np.broadcast_to(np.asarray(request.image, np.float32), (batch, height, width, 3))
+        prepared = prepared.adding(inputs={"image": image})
+        return self.starting_step(prepared, request.strength, request.num_inference_steps)
 
-        shape = (
-            batch,
-            height // self.vae_scale_factor,
-            width // self.vae_scale_factor,
-            self.unet.in_channels,
+    def conditions(self, program, params, inputs, scalars) -> dict:
+        if not program.init_latents:
+            return {}
+        latents = self.encode_images(
+            params["vae"], inputs["image"], program.decode_chunk_size, program.vae_tile_size
         )
-        if latents is not None and tuple(latents.shape) != shape:
-            raise ValueError(
-                f"latents must have shape {shape} (channels-last), got {latents.shape}"
-            )
-        if image is not None:
-            image = jnp.broadcast_to(jnp.asarray(image, jnp.float32), (batch, height, width, 3))
-        run = self._compile(sched, use_cfg, progress)
-        noise = starting_noise(seed, shape) if latents is None else latents
-        batched = place_batch(mesh, (context, added, jnp.asarray(noise, jnp.float32), image))
-        scalars = place_replicated(
-            mesh,
-            (jnp.float32(guidance_scale), jnp.float32(guidance_rescale), tables, jnp.int32(seed),
-             jnp.int32(start)),
-        )  # fmt: skip
-        args = (self._params_on(mesh), *batched, *scalars, shape)
-        return self._launch(run, args, num_inference_steps, progress)
-
-    def _compile(self, scheduler, use_cfg: bool, progress: bool):
-        def generate(*args):
-            return self._generate(scheduler, use_cfg, progress, *args)
-
-        return self._compile_cached((scheduler, use_cfg, progress), generate, static_argnums=(10,))
-
-    def _generate(self, scheduler, use_cfg, progress, params, context, added, noise, image,
-                  guidance, rescale, tables, seed, start, shape):  # fmt: skip
-        """Noise (or a noised image) → denoised latents → decoded images, traced once per
-        static configuration."""
-        self.trace_count += 1
-        unet_params, vae_params = params
-        key_steps = jax.random.split(jax.random.key(seed))[1]  # stochastic samplers' noise
-        if image is None:
-            latents = noise * tables["init_noise_sigma"]
-        else:
-            latents = scheduler.add_noise(tables, self._encode(vae_params, image), noise, start)
-
-        def predict(x, t):
-            return self.unet.apply({"params": unet_params}, x, t, context, added_cond_kwargs=added)
-
-        model_fn = self.guided(predict, use_cfg, guidance, rescale)
-        callback = self._progress.update if progress else None
-        latents = denoise(scheduler, tables, model_fn, latents, key_steps, start, callback)
-        return self._decode(vae_params, latents)
+        return {"init_latents": latents}
 
 
 def sdxl_time_ids(batch: int, original_size, crop_top_left, target_size) -> jax.Array:

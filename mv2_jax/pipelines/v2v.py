@@ -17,7 +17,9 @@ and, with `vae_tile_size`, in overlapping tiles, so its memory follows one chunk
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,33 +27,34 @@ import numpy as np
 
 from mv2_jax.diffusion.low_res import noise_augment, upsample_latents
 from mv2_jax.media import to_uint8
-from mv2_jax.pipelines.i2v import ImageToVideoPipeline, ImageVideoRequest
-
-# The paper's V2V output (§3): 1048² × 32 frames from ≈600² keyframes, for SD1.5-size models.
-PAPER_SIZE = 1048
-# SDEdit's strength when the UNet takes no low-res channels and none is given.
-DEFAULT_SDEDIT_STRENGTH = 0.5
+from mv2_jax.pipelines.base import prompt_count
+from mv2_jax.pipelines.defaults import DEFAULT_SDEDIT_STRENGTH, PAPER_V2V_SIZE, STAGE_DEFAULTS
+from mv2_jax.pipelines.i2v import ImageToVideoPipeline, ImageToVideoRequest
+from mv2_jax.pipelines.request import Prepared, check_unit_interval
 
 
-@dataclass(frozen=True)
-class VideoUpscaleRequest(ImageVideoRequest):
-    """`ImageVideoRequest` plus the V2V mode and the VAE's tiling (static)."""
+@dataclass(frozen=True, kw_only=True, eq=False)
+class VideoUpscaleRequest(ImageToVideoRequest):
+    """`ImageToVideoRequest` plus the low-res `video`, its `noise_level` and SDEdit's
+    `strength`; `image` (the key image) defaults to the video's first frame."""
 
-    concat_low_res: bool = False
-    sdedit: bool = False
-    vae_tile_size: int | None = None
+    video: Any = None
+    noise_level: int = 20
+    strength: float | None = None
+    noise_prior: str = "none"
+    decode_chunk_size: int = 8
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.video is None:
+            raise ValueError("video: the low-res frames to upscale are required")
+        if self.strength is not None:
+            check_unit_interval(self.strength, "strength", open_below=True)
 
 
 @dataclass
 class VideoToVideoPipeline(ImageToVideoPipeline):
     """`pipe(video, prompt, ...) → videos [B,F,H,W,3]` in [0,1]; see the module docstring."""
-
-    _pending: dict | None = None  # the V2V inputs of the call in progress (host side)
-    _vae_tiling: int | None = None  # the tile size of the function being traced
-
-    @property
-    def latent_channels(self) -> int:
-        return self.unet.out_channels
 
     @property
     def takes_low_res(self) -> bool:
@@ -61,14 +64,15 @@ class VideoToVideoPipeline(ImageToVideoPipeline):
     @property
     def default_size(self) -> int:
         native = self.unet_sample_size * self.vae_scale_factor
-        return PAPER_SIZE if native >= 512 else native
+        return PAPER_V2V_SIZE if native >= 512 else native
 
-    def __call__(
+    def request(
         self,
         video,
         prompt,
         negative_prompt=None,
-        num_inference_steps: int = 25,
+        *,
+        num_inference_steps: int = STAGE_DEFAULTS["v2v"].steps,
         guidance_scale: float | None = None,
         scheduler: str | None = None,
         height: int | None = None,
@@ -80,15 +84,14 @@ class VideoToVideoPipeline(ImageToVideoPipeline):
         num_videos_per_prompt: int = 1,
         guidance_rescale: float = 0.0,
         decode_chunk_size: int = 8,
+        vae_tile_size: int | None = None,
         progress: bool = False,
-        *,
         image=None,
         noise_level: int = 20,
         strength: float | None = None,
-        vae_tile_size: int | None = None,
         noise_prior: str = "none",
         **conditioning,
-    ) -> np.ndarray:
+    ) -> VideoUpscaleRequest:
         """Videos `[B·num_videos_per_prompt, F, height, width, 3]` in [0,1] from the low-res
         `video` (`[F,H,W,3]` or one per prompt `[B,F,H,W,3]`, uint8 or float in [0,1]).
 
@@ -98,15 +101,47 @@ class VideoToVideoPipeline(ImageToVideoPipeline):
         `num_class_embeds − 1` (training draws it from [0, 350] by default). `strength` in (0, 1]:
         SDEdit from the upsampled video (default 0.5 for a 4-channel UNet; with a V2V UNet,
         None starts from noise). `image`: the key image for the I2V conditionings (default the
-        first low-res frame); `**conditioning`: `ImageToVideoPipeline`'s scales and options.
-        `decode_chunk_size`: frames per VAE call (times B); `vae_tile_size`: VAE tiles of that
-        many pixels (a multiple of 32 for an 8× VAE, 0.25 overlap) or None for whole frames.
-        `latents`: unit noise `[B, F, h, w, latent channels]`."""
-        frames = self._low_res_frames(video, 1 if isinstance(prompt, str) else len(prompt))
+        first low-res frame); `**conditioning`: `ImageToVideoPipeline`'s scales and options
+        (`reference_scale`, `controlnet_scale`, `ip_adapter_scale`, `controlnet_frames`,
+        `noise_prior_strength`), by keyword. `decode_chunk_size`: frames per VAE call (times
+        B); `vae_tile_size`: VAE tiles of that many pixels (a multiple of 32 for an 8× VAE,
+        0.25 overlap) or None for whole frames. `latents`: unit noise
+        `[B, F, h, w, latent channels]`."""
+        return VideoUpscaleRequest(
+            video=video,
+            image=image,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            guidance_rescale=guidance_rescale,
+            scheduler=scheduler,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            latents=latents,
+            seed=seed,
+            mesh=mesh,
+            per_prompt=num_videos_per_prompt,
+            decode_chunk_size=decode_chunk_size,
+            vae_tile_size=vae_tile_size,
+            progress=progress,
+            noise_level=noise_level,
+            strength=strength,
+            noise_prior=noise_prior,
+            **conditioning,
+        )
+
+    def prepare(self, request: VideoUpscaleRequest) -> Prepared:
+        """The low-res frames read and checked against the model and the target size; then
+        image-to-video's preparation with the key image (default: the first frame)."""
+        frames = self._low_res_frames(request.video, prompt_count(request.prompt))
         count, low_frames, low_h, low_w = frames.shape[:4]
-        if num_frames not in (None, low_frames):
-            raise ValueError(f"num_frames={num_frames}, but the video has {low_frames} frames")
-        height, width = height or self.default_size, width or self.default_size
+        if request.num_frames not in (None, low_frames):
+            raise ValueError(
+                f"num_frames={request.num_frames}, but the video has {low_frames} frames"
+            )
+        height, width = self.output_size(request)
         if height < low_h or width < low_w:
             raise ValueError(
                 f"target {height}×{width} is smaller than the input's {low_h}×{low_w}; "
@@ -119,35 +154,39 @@ class VideoToVideoPipeline(ImageToVideoPipeline):
                 f"must be a multiple of {factor}; resize or crop the input"
             )
         self._check_channels()
-        sdedit = strength is not None or not self.takes_low_res
-        if sdedit:
-            strength = DEFAULT_SDEDIT_STRENGTH if strength is None else strength
-            if not 0.0 < strength <= 1.0:
-                raise ValueError(f"strength must be in (0, 1], got {strength}")
         levels = self.unet.num_class_embeds
-        if self.takes_low_res and levels is not None and not 0 <= noise_level < levels:
-            raise ValueError(f"noise_level={noise_level}; the UNet embeds levels 0 to {levels - 1}")
-        if vae_tile_size is not None and vae_tile_size < 4 * factor:
-            raise ValueError(f"vae_tile_size={vae_tile_size}; use a multiple of {4 * factor}")
+        if self.takes_low_res and levels is not None and not 0 <= request.noise_level < levels:
+            raise ValueError(
+                f"noise_level={request.noise_level}; the UNet embeds levels 0 to {levels - 1}"
+            )
+        tile = request.vae_tile_size
+        if tile is not None and (tile < 4 * factor or tile % (4 * factor)):
+            raise ValueError(f"vae_tile_size={tile}; use a multiple of {4 * factor}")
+        strength = request.strength
+        if strength is None and not self.takes_low_res:
+            strength = DEFAULT_SDEDIT_STRENGTH
+        image = request.image
         if image is None:
             image = frames[:, 0] if count > 1 else frames[0, 0]
-        self._pending = dict(
-            video=frames,
-            concat_low_res=self.takes_low_res,
-            sdedit=sdedit,
-            strength=strength,
-            noise_level=noise_level,
-            vae_tile_size=vae_tile_size,
+        request = dataclasses.replace(
+            request, video=frames, image=image, num_frames=low_frames, strength=strength
         )
-        try:
-            return super().__call__(
-                image, prompt, negative_prompt, num_inference_steps, guidance_scale, scheduler,
-                height, width, low_frames, latents, seed, mesh, num_videos_per_prompt,
-                guidance_rescale, decode_chunk_size, progress, noise_prior=noise_prior,
-                **conditioning,
-            )  # fmt: skip
-        finally:
-            self._pending = None
+        return super().prepare(request)
+
+    def condition(self, request: VideoUpscaleRequest, prepared: Prepared, pooled) -> Prepared:
+        """Image-to-video's conditionings, plus the low-res video and its noise level (V2V) or
+        the first step of SDEdit."""
+        prepared = super().condition(request, prepared, pooled)
+        video = request.video  # one per prompt (or one for all), repeated per video
+        video = np.repeat(video, prepared.program.shape[0] // len(video), axis=0)
+        prepared = prepared.adding(
+            {"concat_low_res": self.takes_low_res},
+            inputs={"video": video},
+            scalars={"noise_level": np.int32(request.noise_level)},
+        )
+        if request.strength is None:
+            return prepared
+        return self.starting_step(prepared, request.strength, request.num_inference_steps)
 
     # ------------------------------------------------------------------ host side
 
@@ -172,58 +211,17 @@ class VideoToVideoPipeline(ImageToVideoPipeline):
                 f"{self.latent_channels} (SDEdit mode)"
             )
 
-    def prepare(self, batch: int, *, latents, **settings):
-        """`TextToVideoPipeline.prepare` with the latents' channels those the UNet predicts
-        (a V2V UNet takes twice as many)."""
-        request, scalars = super().prepare(batch, latents=None, **settings)
-        shape = (*request.shape[:-1], self.latent_channels)
-        if latents is not None and tuple(latents.shape) != shape:
-            raise ValueError(
-                f"latents must have shape {shape} ([B, F, h, w, C], channels-last), "
-                f"got {tuple(latents.shape)}"
-            )
-        return replace(request, shape=shape), scalars
-
-    def run(self, request, inputs, scalars, num_inference_steps, mesh):
-        """`ImageToVideoPipeline.run` with the low-res video, noise level and first step."""
-        pending = self._pending
-        request = VideoUpscaleRequest(
-            **{f.name: getattr(request, f.name) for f in fields(ImageVideoRequest)},
-            concat_low_res=pending["concat_low_res"],
-            sdedit=pending["sdedit"],
-            vae_tile_size=pending["vae_tile_size"],
-        )
-        start = 0
-        if request.sdedit:
-            start = request.scheduler.start_index(num_inference_steps, pending["strength"])
-            if start >= int(scalars["tables"]["num_steps"]):
-                raise ValueError(
-                    f"strength {pending['strength']} with {num_inference_steps} steps leaves "
-                    "no step to run; raise strength or num_inference_steps"
-                )
-        video = pending["video"]  # one per prompt (or one for all), repeated per video
-        video = np.repeat(video, request.shape[0] // len(video), axis=0)
-        inputs = dict(inputs, video=jnp.asarray(video))
-        scalars = dict(
-            scalars, noise_level=jnp.int32(pending["noise_level"]), start=jnp.int32(start)
-        )
-        return super().run(request, inputs, scalars, num_inference_steps, mesh)
-
-    # ------------------------------------------------------------------ traced
-
-    def _generate(self, request, params, inputs, scalars):
-        self._vae_tiling = request.vae_tile_size  # read by the VAE calls while this traces
-        return super()._generate(request, params, inputs, scalars)
-
-    def _conditions(self, request: VideoUpscaleRequest, params, inputs, scalars) -> dict:
+    def conditions(self, program, params, inputs, scalars) -> dict:
         """The I2V conditionings, plus the low-res latents (V2V) or the upsampled video's
         latents to noise (SDEdit)."""
-        out = super()._conditions(request, params, inputs, scalars)
+        out = super().conditions(program, params, inputs, scalars)
         video = inputs["video"]  # [B,F,H0,W0,3]
-        batch, frames, h, w, _ = request.shape
-        copies = 2 if request.use_cfg else 1
-        if request.concat_low_res:
-            low_res = upsample_latents(self.encode_video(params["vae"], video, request), (h, w))
+        batch, frames, h, w, _ = program.shape
+        copies = 2 if program.use_cfg else 1
+        chunk, tile = program.decode_chunk_size, program.vae_tile_size
+        if program.concat_low_res:
+            low_res = self.encode_images(params["vae"], video, chunk, tile)
+            low_res = upsample_latents(low_res, (h, w))
             levels = jnp.full((batch,), scalars["noise_level"], jnp.int32)
             key = jax.random.fold_in(jax.random.key(scalars["seed"]), 3)
             noise = jax.random.normal(key, low_res.shape, jnp.float32)
@@ -231,60 +229,15 @@ class VideoToVideoPipeline(ImageToVideoPipeline):
             out["low_res"] = jnp.concatenate([low_res] * copies)
             if self.unet.num_class_embeds is not None or self.unet.class_embed_type is not None:
                 out["class_labels"] = jnp.concatenate([levels] * copies)
-        if request.sdedit:
+        if program.init_latents:
             size = (h * self.vae_scale_factor, w * self.vae_scale_factor)
             if video.shape[2:4] != size:
                 video = jax.image.resize(video, (batch, frames, *size, 3), "linear")
-            out["init_latents"] = self.encode_video(params["vae"], video, request)
-            out["start"] = scalars["start"]
+            out["init_latents"] = self.encode_images(params["vae"], video, chunk, tile)
         return out
 
-    def initial_latents(self, params, inputs, noise, scheduler, tables) -> jax.Array:
-        """SDEdit: the upsampled video's latents noised to the first step run (as img2img);
-        else the noise at the scheduler's initial sigma."""
-        if "init_latents" not in inputs:
-            return super().initial_latents(params, inputs, noise, scheduler, tables)
-        return scheduler.add_noise(tables, inputs["init_latents"], noise, inputs["start"])
-
-    def apply_unet(self, variables, inputs, x, t, **kwargs):
-        if "low_res" in inputs:
+    def apply_unet(self, program, variables, inputs, x, t, **kwargs):
+        if program.concat_low_res:
             x = jnp.concatenate([x, inputs["low_res"].astype(x.dtype)], axis=-1)
             kwargs["class_labels"] = inputs.get("class_labels")
-        return super().apply_unet(variables, inputs, x, t, **kwargs)
-
-    def encode_video(self, vae_params, video: jax.Array, request) -> jax.Array:
-        """Frames `[B,F,H,W,3]` in [0,1] → diffusion latents `[B,F,h,w,C]` (posterior means),
-        `decode_chunk_size` frames (× B) per VAE call, tiled when `vae_tile_size` is set."""
-        tile = request.vae_tile_size
-        posterior = self.vae.apply(
-            {"params": vae_params},
-            2 * video - 1,
-            request.decode_chunk_size,
-            tile is not None,
-            tile,
-            method="encode_video",
-        )
-        return self.vae.to_diffusion_latents(posterior.mode())
-
-    def _encode(self, vae_params, image):
-        """The key image's latents, in tiles when the call tiles the VAE."""
-        if self._vae_tiling is None:
-            return super()._encode(vae_params, image)
-        posterior = self.vae.apply(
-            {"params": vae_params}, 2 * image - 1, self._vae_tiling, method="tiled_encode"
-        )
-        return self.vae.to_diffusion_latents(posterior.mode())
-
-    def decode_video(self, vae_params, latents: jax.Array, chunk: int) -> jax.Array:
-        """Video latents → frames `[B,F,H,W,3]` in [0,1], `chunk` frames (× B) per VAE call,
-        tiled when the call tiles the VAE."""
-        tile = self._vae_tiling
-        images = self.vae.apply(
-            {"params": vae_params},
-            self.vae.from_diffusion_latents(latents),
-            chunk,
-            tile is not None,
-            tile,
-            method="decode_video",
-        )
-        return jnp.clip(images / 2 + 0.5, 0.0, 1.0)
+        return super().apply_unet(program, variables, inputs, x, t, **kwargs)

@@ -133,7 +133,7 @@ def test_every_stage_compiles_ahead_and_makes_what_compiling_as_it_goes_makes(
     # The same pipelines compiling afresh as each stage's input arrives; I2V (whose call V2V's
     # extends) is shared, to keep the test short.
     fresh = {
-        name: dataclasses.replace(getattr(cascade, name), _compiled={}, trace_count=0)
+        name: dataclasses.replace(getattr(cascade, name), trace_count=0)  # new caches
         for name in ("text_to_image", "video_to_video")
     }
     interpolator = dataclasses.replace(cascade.interpolator, _step=None, trace_count=0)

@@ -15,7 +15,7 @@ diffusers = pytest.importorskip("diffusers")
 
 import mv2_jax  # noqa: E402
 from mv2_jax.models.appearance import appearance_encoder, spatial_params  # noqa: E402
-from mv2_jax.pipelines.i2v import ImageToVideoPipeline, ImageVideoRequest  # noqa: E402
+from mv2_jax.pipelines.i2v import ImageToVideoPipeline  # noqa: E402
 from mv2_jax.weights.controlnet import controlnet_from_unet  # noqa: E402
 from tests.pipelines.tiny import tiny_animatediff_pipeline  # noqa: E402
 
@@ -52,7 +52,7 @@ def t2v(folder):
 
 def _i2v(t2v, controlnet) -> ImageToVideoPipeline:
     base = {f.name: getattr(t2v, f.name) for f in dataclasses.fields(t2v) if f.init}
-    base.update(trace_count=0, _compiled={}, _placements={})
+    base.update(trace_count=0)
     return ImageToVideoPipeline(
         **base,
         appearance=(appearance_encoder(t2v.unet), _perturbed(spatial_params(t2v.unet_params), 1)),
@@ -117,13 +117,12 @@ def test_controlnet_sees_the_image_on_the_first_or_every_frame(pipe):
 
 
 def _request(pipe, **fields):
-    request, scalars = pipe.prepare(
-        1, num_inference_steps=4, guidance_scale=1.0, scheduler="ddim", height=16, width=16,
-        num_frames=3, latents=None, seed=0, guidance_rescale=0.0, decode_chunk_size=4,
-        progress=False,
-    )  # fmt: skip
-    base = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
-    return ImageVideoRequest(**base, **fields), scalars
+    """The program and traced scalars of a 3-frame 16² call (what the traced hooks read)."""
+    prepared = pipe.prepare(pipe.request(
+        _image(), "a cat", num_inference_steps=4, guidance_scale=1.0, scheduler="ddim",
+        height=16, width=16, num_frames=3, decode_chunk_size=4,
+    ))  # fmt: skip
+    return dataclasses.replace(prepared.program, **fields), dict(prepared.scalars)
 
 
 def test_noise_priors_follow_their_formulas(pipe):

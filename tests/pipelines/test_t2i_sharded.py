@@ -27,7 +27,7 @@ def test_sharded_pipeline_equals_one_device(pipe, spec):
     sharded = pipe(prompts, mesh=mesh, **kwargs)
     # measured 3.3e-6 and 2.2e-6: only the order of the sharded reductions differs
     assert np.abs(sharded - single).max() <= 1e-5
-    unet_params = pipe._params_on(mesh)[0]
+    unet_params = pipe.placed_params(mesh)["unet"]
     per_device = per_device_bytes(unet_params)
     total = sum(x.nbytes for x in __import__("jax").tree.leaves(pipe.unet_params))
     assert max(per_device.values()) < total  # the UNet is split, not copied, across devices

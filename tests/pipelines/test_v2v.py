@@ -148,8 +148,8 @@ def test_tiled_vae_is_diffusers_tiled_vae(folders):
     pipe = load_v2v_pipeline(folders[1])
     ref = diffusers.AutoencoderKL.from_pretrained(folders[1] / "vae").eval()
     latents = _latents(1, 16)
-    pipe._vae_tiling = 16  # what a call with vae_tile_size=16 sets while it traces
-    decoded = jax.jit(lambda p, z: pipe.decode_video(p, z, 2))(pipe.vae_params, latents)
+    decode = jax.jit(lambda p, z: pipe.decode_latents(p, z, chunk=2, tile=16))
+    decoded = decode(pipe.vae_params, latents)  # what a call with vae_tile_size=16 decodes
     frames = torch.from_numpy(latents[0]).permute(0, 3, 1, 2) / ref.config.scaling_factor
     with torch.no_grad():
         whole = ref.decode(frames).sample
