@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import evaluate
-from mv2_jax.commands import cascade as cascade_command
+from mv2_jax.commands import stages as stage_flags
 from mv2_jax.data.shapes import COLOURS, HELDOUT, MOTIONS, SHAPES, Background, ShapeClip, render
 from mv2_jax.evaluation.results import ResultsLog, SettingsMismatch, markdown, write_reports
 from mv2_jax.evaluation.run import Sample, ablate, evaluate_samples, evaluate_vfi
@@ -280,7 +280,7 @@ def model_folders(tmp_path):
 def test_the_command_runs_end_to_end_and_resumes(monkeypatch, tmp_path, model_folders, capsys):
     built = []
     monkeypatch.setattr(
-        cascade_command, "build_cascade", lambda args: built.append(1) or WorldCascade()
+        stage_flags, "build_cascade", lambda *args: built.append(1) or WorldCascade()
     )
     out = tmp_path / "eval"
     run = "--prompts 2 --vfi-clips 2 --examples 1 --example-format gif --compilation-cache none"

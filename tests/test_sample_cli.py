@@ -173,32 +173,48 @@ def shipped_present(shipped):
     return shipped
 
 
-def test_no_model_flags_run_the_shipped_models(shipped_present):
-    from mv2_jax.commands.cascade import DIFFUSION_STAGES, stage_settings, use_shipped_models
-    from mv2_jax.pipelines.shipped import SHIPPED_SAMPLING
+def cascade_flags(*argv: str):
+    """`sample.py cascade ARGV`'s frozen settings, as the command builds them."""
+    from mv2_jax.commands import cascade
 
-    args = sample.build_parser().parse_args(["cascade", "a red circle", "--v2v-steps", "4"])
-    use_shipped_models(args)
+    return cascade.settings(sample.build_parser().parse_args(["cascade", *argv]))
+
+
+def test_no_model_flags_run_the_shipped_models(shipped_present):
+    from mv2_jax.commands.stages import DIFFUSION_STAGES, SHIPPED_STAGES, stage_settings
+
+    flags = cascade_flags("a red circle", "--v2v-steps", "4").stages
     expected = tuple(map(str, shipped_present.values()))
-    assert (args.t2i_model, args.i2v_model, args.v2v_model) == expected
+    assert tuple(flags.models[s] for s in ("t2i", "i2v", "v2v")) == expected
     # the shipped set's sampling settings, where the command line leaves them open
-    assert (args.i2v_steps, args.v2v_steps) == (SHIPPED_SAMPLING["i2v_steps"], 4)
-    assert args.v2v_guidance_scale == SHIPPED_SAMPLING["v2v_guidance_scale"]
-    args = sample.build_parser().parse_args(["cascade", "a fox", "--i2v-model", "mine"])
-    use_shipped_models(args)  # a model of one's own: no shipped model or setting mixed in
-    assert (args.t2i_model, args.i2v_model, args.v2v_model) == (None, "mine", None)
-    assert (args.v2v_steps, args.v2v_guidance_scale) == (None, None)
-    settings = stage_settings(args)
+    assert (flags.stages["i2v"].steps, flags.stages["v2v"].steps) == (SHIPPED_STAGES["i2v"][0], 4)
+    assert flags.stages["v2v"].guidance_scale == SHIPPED_STAGES["v2v"][1]
+    flags = cascade_flags("a fox", "--i2v-model", "mine").stages
+    # a model of one's own: no shipped model or setting mixed in
+    assert tuple(flags.models[s] for s in ("t2i", "i2v", "v2v")) == (None, "mine", None)
+    assert (flags.stages["v2v"].steps, flags.stages["v2v"].guidance_scale) == (None, None)
+    settings = stage_settings(flags)
     assert [settings[s].steps for s in ("t2i", "i2v", "v2v")] == list(DIFFUSION_STAGES.values())
 
 
+def test_settings_are_frozen_and_checks_leave_them_as_they_were(shipped_present):
+    import dataclasses
+
+    from mv2_jax.commands import cascade
+
+    flags = cascade_flags("a red circle moving right", "--out", "v.gif")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        flags.stages.seed = 1
+    before = repr(flags)
+    cascade.check(flags)
+    assert repr(flags) == before
+
+
 def test_a_prompt_outside_the_shipped_world_gets_a_note(shipped_present):
-    from mv2_jax.commands.cascade import outside_the_shipped_world, use_shipped_models
+    from mv2_jax.commands.cascade import outside_the_shipped_world
 
     def note(*argv):
-        args = sample.build_parser().parse_args(["cascade", *argv])
-        use_shipped_models(args)
-        return outside_the_shipped_world(args)
+        return outside_the_shipped_world(cascade_flags(*argv))
 
     fox = note("a red fox running through snow")
     assert fox.startswith("note: no shape in 'a red fox running through snow'")

@@ -9,7 +9,7 @@ training combinations.
     python evaluate.py ... --ablate appearance --out runs/shapes/eval-no-appearance
 
 The model, stage and I2V conditioning flags are `sample.py cascade`'s (mv2_jax/commands/
-cascade.py adds them here too). Writes OUT/results.jsonl as prompts finish (rerun the same
+stages.py adds them here too). Writes OUT/results.jsonl as prompts finish (rerun the same
 command to go on after a stop), then OUT/results.json, OUT/results.md and OUT/samples/.
 The metrics are described in docs/shapes.md ("Evaluation"); the logic is mv2_jax/evaluation.
 Installed, the same program is `mv2-evaluate`.
@@ -18,24 +18,45 @@ Installed, the same program is `mv2-evaluate`.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
-from dataclasses import asdict
+import time
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mv2_jax.commands import cascade as cascade_command
+from mv2_jax.commands import stages as stage_flags
 from mv2_jax.commands.common import (
+    OneLineParser,
+    RuntimeFlags,
     UsageError,
     build_mesh,
-    check_model_folder,
-    dtype_of,
-    run_reporting_errors,
-    use_compilation_cache,
+    model_folder_problems,
+    output_problems,
     versions,
 )
+from mv2_jax.commands.session import Session, run_command
+from mv2_jax.commands.stages import StageRunFlags
+from mv2_jax.commands.video import command_line
+from mv2_jax.dtypes import parse_dtype
 from mv2_jax.evaluation.run import ABLATIONS
 from mv2_jax.evaluation.shapes import PROMPT_SETS, select_prompts
+
+
+@dataclass(frozen=True)
+class EvaluateFlags:
+    out: str
+    prompts: str | int
+    seeds: int
+    stages: str  # "t2i" or "cascade"
+    ablate: tuple[str, ...]
+    vfi_clips: int
+    examples: int
+    example_format: str
+    cascade: StageRunFlags
+
+    @property
+    def runtime(self) -> RuntimeFlags:
+        return self.cascade.runtime
 
 
 def prompt_set(text: str) -> str | int:
@@ -49,8 +70,8 @@ def prompt_set(text: str) -> str | int:
         ) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
         prog="evaluate.py",
         description=__doc__.split("\n\n")[0],
         epilog="Seed k of --seeds K adds k to every stage's seed (--seed, --STAGE-seed). "
@@ -102,71 +123,81 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group(
         "models and stages", "as `sample.py cascade` takes them (its --help says more)"
     )
-    cascade_command.add_stage_flags(group)
-    parser.set_defaults(prompt=None, image=None, save_intermediates=False)
+    stage_flags.add_stage_flags(group)
     return parser
 
 
-def check(args: argparse.Namespace) -> None:
-    """Every cheap check, all problems reported together (no model flags: the shipped set,
-    filled into `args`)."""
-    cascade_command.use_shipped_models(args)
+def settings(args: argparse.Namespace) -> EvaluateFlags:
+    return EvaluateFlags(
+        out=args.out,
+        prompts=args.prompts,
+        seeds=args.seeds,
+        stages=args.stages,
+        ablate=tuple(args.ablate),
+        vfi_clips=args.vfi_clips,
+        examples=args.examples,
+        example_format=args.example_format,
+        cascade=stage_flags.stage_run_flags(args),
+    )
+
+
+def check(flags: EvaluateFlags) -> None:
+    """Every cheap check, all problems reported together."""
     problems = []
     try:
-        select_prompts(args.prompts)
+        select_prompts(flags.prompts)
     except ValueError as e:
         problems.append(f"--{e}")
-    for name, least in (("seeds", 1), ("vfi_clips", 0), ("examples", 0)):
-        if getattr(args, name) < least:
-            problems.append(f"--{name.replace('_', '-')}: at least {least}")
-    if args.stages == "cascade":
-        if "t2i" in cascade_command.skipped(args):
+    for flag, value, least in (
+        ("--seeds", flags.seeds, 1),
+        ("--vfi-clips", flags.vfi_clips, 0),
+        ("--examples", flags.examples, 0),
+    ):
+        if value < least:
+            problems.append(f"{flag}: at least {least}")
+    problems += output_problems("--out", flags.out, folder=True)
+    cascade = flags.cascade
+    if flags.stages == "cascade":
+        if "t2i" in cascade.skipped(None):
             problems.append("--skip t2i: the evaluation makes its key images with T2I")
-        try:  # the cascade's own checks (its --out is a video; ours a folder)
-            cascade_command.check(argparse.Namespace(**{**vars(args), "out": "video.mp4"}))
-        except UsageError as e:
-            problems += str(e).splitlines()
+        problems += stage_flags.stage_run_problems(cascade, None)
     else:
-        problems += _t2i_problems(args)
-        if args.ablate:
+        t2i_model = cascade.models["t2i"]
+        if t2i_model is None:
+            problems.append("--t2i-model: needed")
+        else:
+            problems += model_folder_problems(t2i_model, "--t2i-model")
+        problems += stage_flags.sampler_problems(cascade.stages["t2i"], "t2i")
+        if flags.ablate:
             problems.append("--ablate: I2V ablations need --stages cascade")
     if problems:
         raise UsageError("\n".join(dict.fromkeys(problems)))
 
 
-def _t2i_problems(args: argparse.Namespace) -> list[str]:
-    if args.t2i_model is None:
-        return ["--t2i-model: needed"]
-    problems = []
-    try:
-        check_model_folder(args.t2i_model)
-    except UsageError as e:
-        problems.append(str(e).replace("--model", "--t2i-model"))
-    return problems + cascade_command.sampler_problems(args, "t2i")
-
-
-def settings_of(args: argparse.Namespace, stage_settings: dict) -> dict:
+def settings_of(flags: EvaluateFlags, stage_settings: dict) -> dict:
     """What the results depend on: a rerun into the same folder must match it."""
-    cascade = args.stages == "cascade"
-    skip = cascade_command.skipped(args)
-    models = {"t2i": _resolved(args.t2i_model)}
-    if cascade:
-        models["i2v"] = _resolved(args.i2v_model)
+    run_cascade = flags.stages == "cascade"
+    cascade = flags.cascade
+    skip = cascade.skipped(None)
+    models = {"t2i": _resolved(cascade.models["t2i"])}
+    if run_cascade:
+        models["i2v"] = _resolved(cascade.models["i2v"])
         if "v2v" not in skip:
-            models["v2v"] = _resolved(args.v2v_model or args.i2v_model)
+            models["v2v"] = _resolved(cascade.models["v2v"] or cascade.models["i2v"])
         if "vfi" not in skip:
-            models["vfi"] = _resolved(args.vfi_model) if args.vfi_model else "shipped"
+            vfi = cascade.models["vfi"]
+            models["vfi"] = _resolved(vfi) if vfi else "shipped"
     ran = [s for s in stage_settings if s in models]
     settings = {
-        "stages": args.stages,
+        "stages": flags.stages,
         "models": models,
         "stage_settings": {s: asdict(stage_settings[s]) for s in ran},
-        "negative_prompt": args.negative_prompt,
-        "dtype": args.dtype,
+        "negative_prompt": cascade.negative_prompt,
+        "dtype": cascade.device.dtype,
     }
-    if cascade:
-        settings.update(num_frames=args.num_frames, factor=args.factor)
-        settings["ablate"] = sorted(set(args.ablate))
+    if run_cascade:
+        settings.update(num_frames=cascade.num_frames, factor=cascade.factor)
+        settings["ablate"] = sorted(set(flags.ablate))
     return settings
 
 
@@ -174,34 +205,34 @@ def _resolved(path: str | None) -> str | None:
     return None if path is None else str(Path(path).resolve())
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
+def run(flags: EvaluateFlags, session: Session) -> int:
     from mv2_jax.evaluation.results import ResultsLog, SettingsMismatch, write_reports
     from mv2_jax.evaluation.run import ablate, evaluate_samples, evaluate_vfi
 
-    check(args)
-    combinations = select_prompts(args.prompts)
-    mesh = build_mesh(args.mesh)
-    stage_settings = ablate(cascade_command.stage_settings(args), args.ablate)
-    settings = settings_of(args, stage_settings)
+    combinations = select_prompts(flags.prompts)
+    cascade = flags.cascade
+    mesh = build_mesh(cascade.device.mesh)
+    stage_settings = ablate(stage_flags.stage_settings(cascade), flags.ablate)
+    settings = settings_of(flags, stage_settings)
     try:
-        log = ResultsLog(args.out, settings)
+        log = ResultsLog(flags.out, settings)
     except SettingsMismatch as e:
         raise UsageError(f"--out {e}") from None
-    models = _Models(args, stage_settings, mesh)
+    models = _Models(flags, stage_settings, mesh, session)
     try:
         samples = evaluate_samples(
             models.sample,
             combinations,
-            args.seeds,
+            flags.seeds,
             log,
-            examples=args.examples,
-            example_format=args.example_format,
-            fps=args.fps,
+            examples=flags.examples,
+            example_format=flags.example_format,
+            fps=cascade.fps,
         )
         vfi = []
-        if "vfi" in settings["models"] and args.vfi_clips and args.factor > 1:
+        if "vfi" in settings["models"] and flags.vfi_clips and cascade.factor > 1:
             vfi = evaluate_vfi(
-                models.interpolate, log, clips=args.vfi_clips, sizes=models.vfi_sizes
+                models.interpolate, log, clips=flags.vfi_clips, sizes=models.vfi_sizes
             )
     except KeyboardInterrupt:
         print(
@@ -211,7 +242,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         )
         return 130
     about = {
-        "command": shlex.join(["python", "evaluate.py", *argv]),
+        "command": command_line(session, "evaluate.py"),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": versions(),
     }
@@ -228,33 +259,37 @@ class _Models:
     """The pipelines, loaded at the first sample that needs them (a rerun with every record
     finished only rewrites the reports)."""
 
-    def __init__(self, args: argparse.Namespace, stage_settings: dict, mesh):
-        self.args, self.stage_settings, self.mesh = args, stage_settings, mesh
+    def __init__(self, flags: EvaluateFlags, stage_settings: dict, mesh, session: Session):
+        self.flags, self.stage_settings, self.mesh = flags, stage_settings, mesh
+        self.session = session
         self._sampler = None
 
     def sampler(self):
         if self._sampler is None:
             from mv2_jax.evaluation.run import CascadeSampler
 
-            args = self.args
+            flags = self.flags.cascade
             common = dict(
-                settings=self.stage_settings, negative_prompt=args.negative_prompt, mesh=self.mesh
+                settings=self.stage_settings, negative_prompt=flags.negative_prompt, mesh=self.mesh
             )
-            if args.stages == "t2i":
+            if self.flags.stages == "t2i":
                 import mv2_jax
 
-                pipe = mv2_jax.load_pipeline(args.t2i_model, dtype_of(args))
+                self.session.progress(f"loading the T2I model {flags.models['t2i']}")
+                dtype = parse_dtype(flags.device.dtype)
+                pipe = mv2_jax.load_pipeline(flags.models["t2i"], dtype=dtype)
                 self._sampler = CascadeSampler(text_to_image=pipe, **common)
             else:
-                cascade = cascade_command.build_cascade(args)
+                cascade = stage_flags.build_cascade(flags, None, self.session.progress)
                 cascade.report = lambda line: None  # the progress bar says where it is
                 self._sampler = CascadeSampler(
                     cascade=cascade,
-                    num_frames=args.num_frames,
-                    factor=args.factor,
-                    vfi_batch_size=args.vfi_batch_size,
+                    num_frames=flags.num_frames,
+                    factor=flags.factor,
+                    vfi_batch_size=flags.vfi_batch_size,
                     **common,
                 )
+            self.session.progress("evaluating")
         return self._sampler
 
     def sample(self, combination, seed_index):
@@ -262,24 +297,28 @@ class _Models:
 
     def vfi_sizes(self) -> dict:
         """The keyframe count, frame size and factor the cascade's VFI works at."""
-        sampler = self.sampler()
+        sampler, flags = self.sampler(), self.flags.cascade
         plan = sampler.cascade.plan(
-            num_frames=self.args.num_frames, factor=self.args.factor, **self.stage_settings
+            num_frames=flags.num_frames, factor=flags.factor, **self.stage_settings
         )
         size = plan.upscaled_size or plan.keyframe_size
         return {"num_frames": plan.num_frames, "size": size, "factor": plan.factor}
 
     def interpolate(self, videos):
+        flags = self.flags.cascade
         return self.sampler().cascade.interpolator(
-            videos, factor=self.args.factor, batch_size=self.args.vfi_batch_size
+            videos, factor=flags.factor, batch_size=flags.vfi_batch_size
         )
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`evaluate.py ARGS` and `mv2-evaluate ARGS`."""
+    started = time.perf_counter()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    use_compilation_cache(args.compilation_cache)
-    return run_reporting_errors("evaluate.py", run, args, argv)
+    program = sys.modules[__name__]  # this module: settings, check, run
+    # Ctrl-C stops between prompts with a note on how to go on (the log keeps finished ones).
+    return run_command("evaluate.py", program, args, argv, started, watch_interrupts=False)
 
 
 if __name__ == "__main__":

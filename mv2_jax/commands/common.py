@@ -1,25 +1,28 @@
-"""The flags, checks and metadata that `sample.py`'s subcommands share: model / sampling /
-device flags, the cheap validation that runs before anything is loaded (problems reported
-together as a `UsageError`, exit code 2), the mesh and dtype, and the versions written beside
-outputs."""
+"""The flags, checks and metadata that `sample.py`'s subcommands share: a parser whose errors are
+one line, model / sampling / device / runtime flags and the frozen settings they become, the
+cheap validation that runs before anything is loaded (problems reported together as a
+`UsageError`, exit code 2), the mesh, and the versions written beside outputs."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import math
 import os
 import platform
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
-
-import flax
-import jax
-import jaxlib
+from typing import TypeVar
 
 import mv2_jax
 from mv2_jax.diffusion.schedulers import SCHEDULERS  # the algorithms --scheduler may name
+from mv2_jax.dtypes import DTYPE_CHOICES
+from mv2_jax.pipelines.defaults import size_problems
 
-DTYPES = ("fp32", "bf16")
 SINGLE_FILES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+LATENT_MULTIPLE = 8  # the VAE factor of every model these commands load; the plan checks the rest
+Flags = TypeVar("Flags")
 
 
 class UsageError(Exception):
@@ -31,18 +34,88 @@ class UsageError(Exception):
 RUN_ERRORS = (OSError, ValueError, NotImplementedError, TypeError)
 
 
-def run_reporting_errors(prog: str, run, args: argparse.Namespace, argv: list[str]) -> int:
-    """`run(args, argv)`'s exit code, with the errors a user can fix reported in one line each:
-    a UsageError as `PROG: error: …` (exit 2), `RUN_ERRORS` as `error: …` (exit 1)."""
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, `PROG: error: …`, exit code 2; an unknown flag names
+    the nearest known one."""
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.error(unknown_flags_message(unknown, option_strings(self, namespace)))
+        return namespace
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists every flag)\n")
+
+
+def option_strings(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -> list[str]:
+    """Every `--flag` of `parser` and of the subcommand `namespace` chose."""
+    options = []
+    for action in parser._actions:  # argparse keeps its actions here; there is no public view
+        options += [o for o in action.option_strings if o.startswith("--")]
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(namespace, action.dest, None) or "")
+            if chosen is not None:
+                options += option_strings(chosen, namespace)
+    return options
+
+
+def unknown_flags_message(unknown: list[str], options: list[str]) -> str:
+    """`unrecognized arguments` as one line, with the nearest known flag of the first."""
+    first = unknown[0].split("=", 1)[0]
+    near = difflib.get_close_matches(first, options, n=1, cutoff=0.6)
+    hint = f"; did you mean {near[0]}?" if near and first.startswith("-") else ""
+    return f"unrecognized arguments: {' '.join(unknown)}{hint}"
+
+
+def finite_float(text: str) -> float:
+    """A float flag's type: NaN and ±inf are refused (they would run, then write `NaN`)."""
     try:
-        return run(args, argv)
-    except UsageError as e:
-        for line in str(e).splitlines():
-            print(f"{prog}: error: {line}", file=sys.stderr)
-        return 2
-    except RUN_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def from_namespace(cls: type[Flags], args: argparse.Namespace, **given) -> Flags:
+    """`cls` (a dataclass) with each field from `given`, else the flag of that name."""
+    return cls(**{f.name: given[f.name] if f.name in given else getattr(args, f.name)
+                  for f in fields(cls)})  # fmt: skip
+
+
+# ------------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class SamplingFlags:
+    """`--model` and the denoising flags every sampling subcommand shares."""
+
+    model: str
+    steps: int
+    guidance_scale: float | None
+    scheduler: str | None
+    seed: int
+    height: int | None
+    width: int | None
+
+
+@dataclass(frozen=True)
+class DeviceFlags:
+    """Precision, mesh and step bars."""
+
+    dtype: str
+    mesh: str | None
+    step_progress: bool
+
+
+@dataclass(frozen=True)
+class RuntimeFlags:
+    """What every command does around the run: the compilation cache and the timings."""
+
+    compilation_cache: str
+    timings: bool
 
 
 def add_model_flag(parser: argparse.ArgumentParser, kind: str = "an SD1.x / SD2.x / SDXL") -> None:
@@ -67,7 +140,7 @@ def add_sampling_flags(parser: argparse.ArgumentParser, steps: int, guidance: st
     )
     flag(
         "--guidance-scale",
-        type=float,
+        type=finite_float,
         metavar="W",
         help=f"classifier-free guidance weight; ≤ 1 turns guidance off (default: the "
         f"model's, {guidance})",
@@ -85,22 +158,20 @@ def add_sampling_flags(parser: argparse.ArgumentParser, steps: int, guidance: st
     flag("--width", type=int, metavar="PX", help="a multiple of 8 (default: the model's)")
 
 
-def add_device_flags(parser: argparse.ArgumentParser) -> None:
-    flag = parser.add_argument
-    flag(
+def add_dtype_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--dtype",
-        choices=DTYPES,
+        type=str.lower,
+        choices=DTYPE_CHOICES,
         default="fp32",
         help="precision of params and compute (default fp32; bf16 for accelerators)",
     )
-    flag(
-        "--compilation-cache",
-        metavar="DIR",
-        default=str(default_compilation_cache()),
-        help="keep compiled programs here, so that the next run with the same model and sizes "
-        "skips compiling (most of a first run on a CPU); 'none' turns it off "
-        "(default: %(default)s)",
-    )
+
+
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    """--dtype, --step-progress, --mesh, and the runtime flags."""
+    add_dtype_flag(parser)
+    flag = parser.add_argument
     flag(
         "--step-progress",
         action="store_true",
@@ -115,6 +186,25 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
         "the sizes multiply to the device count, one may be -1 for the rest (default: no "
         "mesh, jax's default device)",
     )
+    add_runtime_flags(parser)
+
+
+def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    flag = parser.add_argument
+    flag(
+        "--compilation-cache",
+        metavar="DIR",
+        default=str(default_compilation_cache()),
+        help="keep compiled programs here, so that the next run with the same model and sizes "
+        "skips compiling (most of a first run on a CPU); 'none' turns it off "
+        "(default: %(default)s)",
+    )
+    flag(
+        "--timings",
+        action="store_true",
+        help="at the end, seconds per phase on stderr (imports, loading each model, compiling "
+        "or restoring compiled programs, each stage, writing); benchmarks/first_run.py reads it",
+    )
 
 
 def default_compilation_cache() -> Path:
@@ -127,6 +217,8 @@ def use_compilation_cache(folder: str | None, min_compile_seconds: float = 0.5) 
     """jax's persistent compilation cache in `folder` (None or 'none': off), for every program
     that took ≥ `min_compile_seconds` to compile. Once per process: jax reads it at the first
     compile."""
+    import jax
+
     if not folder or folder.lower() == "none":
         return
     Path(folder).mkdir(parents=True, exist_ok=True)
@@ -134,57 +226,91 @@ def use_compilation_cache(folder: str | None, min_compile_seconds: float = 0.5) 
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
 
 
-def check_model_folder(value: str) -> None:
+# -------------------------------------------------------------------------------- checks
+
+
+def check_model_folder(value: str, flag: str = "--model") -> None:
     """A pipeline folder (model_index.json), or a UsageError that says what to pass instead."""
     path = Path(value)
     fix = "pass a pipeline folder holding model_index.json"
     if not path.exists():
-        raise UsageError(f"--model {value}: no such folder; {fix}")
+        raise UsageError(f"{flag} {value}: no such folder; {fix}")
     if path.is_file():
         if path.suffix.lower() in SINGLE_FILES:
             raise UsageError(
-                f"--model {value} is a single-file checkpoint; convert it first with "
-                f"`python convert/to_flax.py {value} --out DIR`, then pass --model DIR"
+                f"{flag} {value} is a single-file checkpoint; convert it first with "
+                f"`python convert/to_flax.py {value} --out DIR`, then pass {flag} DIR"
             )
-        raise UsageError(f"--model {value} is a file, not a folder; {fix}")
+        raise UsageError(f"{flag} {value} is a file, not a folder; {fix}")
     if (path / "model_index.json").is_file():
         return
     if (path / "config.json").is_file():
         parent = path.resolve().parent
         above = f" ({parent})" if (parent / "model_index.json").is_file() else ""
         raise UsageError(
-            f"--model {value} is a component folder (config.json, no model_index.json); "
+            f"{flag} {value} is a component folder (config.json, no model_index.json); "
             f"pass the pipeline folder above it{above}"
         )
     # A folder one or two levels up from the right one (e.g. a Hugging Face cache entry).
     inside = [*path.glob("*/model_index.json"), *path.glob("*/*/model_index.json")]
     if inside:
         found = sorted(inside)[0].parent
-        raise UsageError(f"--model {value} has no model_index.json but {found} has; pass that")
-    raise UsageError(f"--model {value} has no model_index.json; {fix}")
+        raise UsageError(f"{flag} {value} has no model_index.json but {found} has; pass that")
+    raise UsageError(f"{flag} {value} has no model_index.json; {fix}")
 
 
-def sampling_problems(args: argparse.Namespace) -> list[str]:
-    """The cheap checks of the flags every sampling subcommand shares."""
-    problems = []
+def model_folder_problems(value: str, flag: str = "--model") -> list[str]:
     try:
-        check_model_folder(args.model)
+        check_model_folder(value, flag)
     except UsageError as e:
-        problems.append(str(e))
-    for flag in ("height", "width"):
-        size = getattr(args, flag)
-        if size is not None and (size < 8 or size % 8):
-            below, above = size // 8 * 8, size // 8 * 8 + 8
-            near = f"{below} or {above}" if below >= 8 else "8"
-            problems.append(f"--{flag} {size} is not a positive multiple of 8; try {near}")
-    if args.scheduler is not None and args.scheduler not in SCHEDULERS:
+        return [str(e)]
+    return []
+
+
+def size_flag_problems(height: int | None, width: int | None, flag: str = "--") -> list[str]:
+    """--height/--width (or one stage's size) that the latent-size rule refuses; None: the
+    model's, checked by the pipeline."""
+    given = [8 if v is None else v for v in (height, width)]
+    return size_problems(*given, LATENT_MULTIPLE, where=flag)
+
+
+def sampling_problems(flags: SamplingFlags) -> list[str]:
+    """The cheap checks of the flags every sampling subcommand shares."""
+    problems = model_folder_problems(flags.model)
+    problems += size_flag_problems(flags.height, flags.width)
+    if flags.scheduler is not None and flags.scheduler not in SCHEDULERS:
         problems.append(
-            f"--scheduler {args.scheduler!r} is unknown; choose one of {', '.join(SCHEDULERS)}, "
-            "or leave it out to use the model's scheduler_config.json"
+            f"--scheduler {flags.scheduler!r} is unknown; choose one of "
+            f"{', '.join(SCHEDULERS)}, or leave it out to use the model's scheduler_config.json"
         )
-    if args.steps < 1:
-        problems.append(f"--steps {args.steps}: sampling needs at least 1 step")
+    if flags.steps < 1:
+        problems.append(f"--steps {flags.steps}: sampling needs at least 1 step")
     return problems
+
+
+def output_problems(flag: str, value: str, *, folder: bool) -> list[str]:
+    """Where an output goes: its parent must be (or become) a writable folder, and the path
+    must not exist as the other kind (a folder where a file goes, or the reverse)."""
+    path = Path(value)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        return [f"{flag} {value}: {parent} is a file, not a folder"]
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return [f"{flag} {value}: cannot write in {parent}"]
+    if folder and path.exists() and not path.is_dir():
+        return [f"{flag} {value} is a file; pass a folder (it is created if missing)"]
+    if not folder and path.is_dir():
+        return [f"{flag} {value} is a folder; pass a file name"]
+    return []
+
+
+def runtime_problems(flags: RuntimeFlags) -> list[str]:
+    cache = flags.compilation_cache
+    if cache.lower() == "none":
+        return []
+    return output_problems("--compilation-cache", cache, folder=True)
 
 
 def build_mesh(spec: str | None):
@@ -199,28 +325,25 @@ def build_mesh(spec: str | None):
         raise UsageError(f"--mesh: {e}") from None
 
 
-def dtype_of(args: argparse.Namespace):
-    """The jax dtype of `--dtype`."""
-    import jax.numpy as jnp
-
-    return {"fp32": jnp.float32, "bf16": jnp.bfloat16}[args.dtype]
-
-
-def sampling_kwargs(args: argparse.Namespace, mesh) -> dict:
+def sampling_kwargs(flags: SamplingFlags, device: DeviceFlags, mesh) -> dict:
     """The pipeline arguments of the flags every sampling subcommand shares."""
     return dict(
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        scheduler=args.scheduler,
-        height=args.height,
-        width=args.width,
-        seed=args.seed,
+        num_inference_steps=flags.steps,
+        guidance_scale=flags.guidance_scale,
+        scheduler=flags.scheduler,
+        height=flags.height,
+        width=flags.width,
+        seed=flags.seed,
         mesh=mesh,
-        progress=args.step_progress,
+        progress=device.step_progress,
     )
 
 
 def versions() -> dict:
+    import flax
+    import jax
+    import jaxlib
+
     devices = jax.devices()
     return {
         "mv2_jax": mv2_jax.__version__,
@@ -233,3 +356,8 @@ def versions() -> dict:
         "device_kind": devices[0].device_kind,
         "processes": jax.process_count(),
     }
+
+
+def say(line: str) -> None:
+    """A line on stderr, where progress goes (stdout holds what was written)."""
+    print(line, file=sys.stderr, flush=True)

@@ -1,31 +1,88 @@
 """`sample.py i2v`: image → video. The key image conditions the motion UNet through reference
 attention (appearance encoder), an RGB ControlNet, an IP-Adapter and a latent noise prior, each
-weighted by its flag; those flags and their checks are shared with `sample.py v2v`."""
+weighted by its flag; those flags, their settings and checks are shared with `sample.py v2v`
+and the cascade."""
 
 from __future__ import annotations
 
 import argparse
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from mv2_jax.commands.common import (
+    DeviceFlags,
+    RuntimeFlags,
+    SamplingFlags,
     UsageError,
     add_model_flag,
     build_mesh,
-    dtype_of,
+    finite_float,
+    from_namespace,
+    runtime_problems,
     sampling_kwargs,
     sampling_problems,
 )
-from mv2_jax.commands.video import add_video_flags, video_problems, write_video_and_settings
+from mv2_jax.commands.quiet_imports import import_transformers_quietly
+from mv2_jax.commands.session import Session
+from mv2_jax.commands.video import (
+    VideoFlags,
+    add_video_flags,
+    video_problems,
+    write_video_and_settings,
+)
+from mv2_jax.dtypes import parse_dtype
+
+
+@dataclass(frozen=True)
+class ConditioningFlags:
+    """The key image's conditioning flags (`add_conditioning_flags`); a scale None: off."""
+
+    reference_scale: float | None
+    controlnet: str | None
+    controlnet_scale: float | None
+    controlnet_frames: str
+    ip_adapter: str | None
+    image_encoder: str | None
+    ip_adapter_scale: float | None
+    noise_prior: str
+    noise_prior_strength: float
+
+
+@dataclass(frozen=True)
+class I2VFlags:
+    prompt: str
+    image: str
+    sampling: SamplingFlags
+    video: VideoFlags
+    conditioning: ConditioningFlags
+    device: DeviceFlags
+    runtime: RuntimeFlags
+
+
+def settings(args: argparse.Namespace) -> I2VFlags:
+    return I2VFlags(
+        prompt=args.prompt,
+        image=args.image,
+        sampling=from_namespace(SamplingFlags, args),
+        video=from_namespace(VideoFlags, args),
+        conditioning=from_namespace(ConditioningFlags, args),
+        device=from_namespace(DeviceFlags, args),
+        runtime=from_namespace(RuntimeFlags, args),
+    )
 
 
 def scale_or_off(text: str) -> float | None:
-    """A conditioning weight: a number, or "off" (None: not computed at all)."""
+    """A conditioning weight: a finite number, or "off" (None: not computed at all)."""
     if text.lower() == "off":
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'off'") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def add_parser(commands) -> None:
@@ -47,7 +104,7 @@ def add_parser(commands) -> None:
     )
     flag("--prompt", required=True, metavar="TEXT", help="what happens in the video")
     add_conditioning_flags(i2v)
-    add_video_flags(i2v, frames_default=None)
+    add_video_flags(i2v, "i2v")
 
 
 def add_conditioning_flags(parser: argparse.ArgumentParser) -> None:
@@ -104,76 +161,88 @@ def add_conditioning_flags(parser: argparse.ArgumentParser) -> None:
     )
     flag(
         "--noise-prior-strength",
-        type=float,
+        type=finite_float,
         default=0.05,
         metavar="A",
         help="a in [0, 1] (default 0.05)",
     )
 
 
-def conditioning_problems(args: argparse.Namespace) -> list[str]:
+def conditioning_problems(flags: ConditioningFlags) -> list[str]:
     """The cheap checks of `add_conditioning_flags`'s flags."""
     problems = []
-    for flag in ("controlnet", "image_encoder"):
-        value = getattr(args, flag)
+    folders = (("--controlnet", flags.controlnet), ("--image-encoder", flags.image_encoder))
+    for flag, value in folders:
         if value is not None and not Path(value, "config.json").is_file():
-            problems.append(
-                f"--{flag.replace('_', '-')} {value}: not a component folder (no config.json)"
-            )
-    if args.ip_adapter is not None and not Path(args.ip_adapter).exists():
-        problems.append(f"--ip-adapter {args.ip_adapter}: no such file")
-    if not 0.0 <= args.noise_prior_strength <= 1.0:
-        problems.append(f"--noise-prior-strength {args.noise_prior_strength}: must be in [0, 1]")
+            problems.append(f"{flag} {value}: not a component folder (no config.json)")
+    if flags.ip_adapter is not None and not Path(flags.ip_adapter).exists():
+        problems.append(f"--ip-adapter {flags.ip_adapter}: no such file")
+    if not 0.0 <= flags.noise_prior_strength <= 1.0:
+        problems.append(f"--noise-prior-strength {flags.noise_prior_strength}: must be in [0, 1]")
     return problems
 
 
-def conditioning_kwargs(args: argparse.Namespace) -> dict:
+def conditioning_kwargs(flags: ConditioningFlags) -> dict:
     """The pipeline's conditioning arguments from `add_conditioning_flags`'s flags."""
     return dict(
-        reference_scale=args.reference_scale,
-        controlnet_scale=args.controlnet_scale,
-        controlnet_frames=args.controlnet_frames,
-        ip_adapter_scale=args.ip_adapter_scale,
-        noise_prior=args.noise_prior,
-        noise_prior_strength=args.noise_prior_strength,
+        reference_scale=flags.reference_scale,
+        controlnet_scale=flags.controlnet_scale,
+        controlnet_frames=flags.controlnet_frames,
+        ip_adapter_scale=flags.ip_adapter_scale,
+        noise_prior=flags.noise_prior,
+        noise_prior_strength=flags.noise_prior_strength,
     )
 
 
-def component_kwargs(args: argparse.Namespace) -> dict:
+def component_kwargs(flags: ConditioningFlags) -> dict:
     """The extra component folders / files of `add_conditioning_flags` for the loaders."""
     return dict(
-        controlnet=args.controlnet, ip_adapter=args.ip_adapter, image_encoder=args.image_encoder
+        controlnet=flags.controlnet, ip_adapter=flags.ip_adapter, image_encoder=flags.image_encoder
     )
 
 
-def check(args: argparse.Namespace) -> None:
+def check(flags: I2VFlags) -> None:
     """Every cheap check of the i2v flags, all problems reported at once."""
-    problems = sampling_problems(args) + video_problems(args) + conditioning_problems(args)
-    if not Path(args.image).is_file():
-        problems.append(f"--image {args.image}: no such file; pass the key image (png, jpg, ...)")
+    problems = sampling_problems(flags.sampling) + video_problems(flags.video)
+    problems += conditioning_problems(flags.conditioning) + runtime_problems(flags.runtime)
+    if not Path(flags.image).is_file():
+        problems.append(f"--image {flags.image}: no such file; pass the key image (png, jpg, ...)")
     if problems:
         raise UsageError("\n".join(problems))
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
-    check(args)
-    mesh = build_mesh(args.mesh)
+def run(flags: I2VFlags, session: Session) -> int:
+    mesh = build_mesh(flags.device.mesh)
     from mv2_jax.media import load_image
     from mv2_jax.pipelines.loading import load_i2v_pipeline
 
-    image = load_image(args.image)
-    pipe = load_i2v_pipeline(args.model, dtype_of(args), **component_kwargs(args))
-    conditioning = conditioning_kwargs(args)
+    image = load_image(flags.image)
+    import_transformers_quietly(session.progress)
+    session.progress(f"loading the I2V model {flags.sampling.model}")
+    dtype = parse_dtype(flags.device.dtype)
+    parts = component_kwargs(flags.conditioning)
+    pipe = load_i2v_pipeline(flags.sampling.model, dtype=dtype, **parts)
+    conditioning = conditioning_kwargs(flags.conditioning)
+    session.progress("sampling (compiling or restoring the compiled program first)")
     videos = pipe(
         image,
-        args.prompt,
-        negative_prompt=args.negative_prompt,
-        num_frames=args.num_frames,
-        decode_chunk_size=args.decode_chunk_size,
-        **sampling_kwargs(args, mesh),
+        flags.prompt,
+        negative_prompt=flags.video.negative_prompt,
+        num_frames=flags.video.num_frames,
+        decode_chunk_size=flags.video.decode_chunk_size,
+        **sampling_kwargs(flags.sampling, flags.device, mesh),
         **conditioning,
     )
     write_video_and_settings(
-        videos, args, argv, mesh, pipe, image=str(Path(args.image).resolve()), **conditioning
+        videos,
+        flags.sampling,
+        flags.video,
+        flags.device,
+        flags.prompt,
+        session,
+        mesh,
+        pipe,
+        image=str(Path(flags.image).resolve()),
+        **conditioning,
     )
     return 0

@@ -5,18 +5,50 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import mv2_jax
 from mv2_jax.commands.common import (
+    DeviceFlags,
+    RuntimeFlags,
+    SamplingFlags,
     UsageError,
     add_model_flag,
     build_mesh,
-    dtype_of,
+    from_namespace,
+    runtime_problems,
     sampling_kwargs,
     sampling_problems,
 )
-from mv2_jax.commands.video import add_video_flags, video_problems, write_video_and_settings
+from mv2_jax.commands.quiet_imports import import_transformers_quietly
+from mv2_jax.commands.session import Session
+from mv2_jax.commands.video import (
+    VideoFlags,
+    add_video_flags,
+    video_problems,
+    write_video_and_settings,
+)
+from mv2_jax.dtypes import parse_dtype
+
+
+@dataclass(frozen=True)
+class T2VFlags:
+    prompt: str
+    sampling: SamplingFlags
+    video: VideoFlags
+    device: DeviceFlags
+    runtime: RuntimeFlags
+
+
+def settings(args: argparse.Namespace) -> T2VFlags:
+    return T2VFlags(
+        prompt=args.prompt,
+        sampling=from_namespace(SamplingFlags, args),
+        video=from_namespace(VideoFlags, args),
+        device=from_namespace(DeviceFlags, args),
+        runtime=from_namespace(RuntimeFlags, args),
+    )
 
 
 def add_parser(commands) -> None:
@@ -28,36 +60,41 @@ def add_parser(commands) -> None:
     )
     add_model_flag(t2v, "an AnimateDiff (SD1.x UNet + motion modules)")
     t2v.add_argument("--prompt", required=True, metavar="TEXT", help="the text to animate")
-    add_video_flags(t2v, frames_default=16)
+    add_video_flags(t2v, "t2v")
 
 
-def check(args: argparse.Namespace) -> None:
+def check(flags: T2VFlags) -> None:
     """Every cheap check of the t2v flags, all problems reported at once."""
-    problems = sampling_problems(args)
-    index = Path(args.model, "model_index.json")
+    problems = sampling_problems(flags.sampling)
+    model = flags.sampling.model
+    index = Path(model, "model_index.json")
     if not problems and index.is_file():
         kind = json.loads(index.read_text()).get("_class_name")
         if kind in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
             problems.append(
-                f"--model {args.model} is a {kind} (text → image): use `sample.py t2i`, or "
+                f"--model {model} is a {kind} (text → image): use `sample.py t2i`, or "
                 "add motion modules with `python convert/to_flax.py FOLDER --motion-adapter "
                 "MOTION_MODULE.ckpt --out DIR` and pass --model DIR"
             )
-    problems += video_problems(args)
+    problems += video_problems(flags.video) + runtime_problems(flags.runtime)
     if problems:
         raise UsageError("\n".join(problems))
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
-    check(args)
-    mesh = build_mesh(args.mesh)
-    pipe = mv2_jax.load_pipeline(args.model, dtype=dtype_of(args))
+def run(flags: T2VFlags, session: Session) -> int:
+    mesh = build_mesh(flags.device.mesh)
+    import_transformers_quietly(session.progress)
+    session.progress(f"loading the T2V model {flags.sampling.model}")
+    pipe = mv2_jax.load_pipeline(flags.sampling.model, dtype=parse_dtype(flags.device.dtype))
+    session.progress("sampling (compiling or restoring the compiled program first)")
     videos = pipe(
-        args.prompt,
-        negative_prompt=args.negative_prompt,
-        num_frames=args.num_frames,
-        decode_chunk_size=args.decode_chunk_size,
-        **sampling_kwargs(args, mesh),
+        flags.prompt,
+        negative_prompt=flags.video.negative_prompt,
+        num_frames=flags.video.num_frames,
+        decode_chunk_size=flags.video.decode_chunk_size,
+        **sampling_kwargs(flags.sampling, flags.device, mesh),
     )
-    write_video_and_settings(videos, args, argv, mesh, pipe)
+    write_video_and_settings(
+        videos, flags.sampling, flags.video, flags.device, flags.prompt, session, mesh, pipe
+    )
     return 0

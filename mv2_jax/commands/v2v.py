@@ -5,23 +5,66 @@ SDEdit on an I2V model; the key image's conditioning flags are i2v's."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mv2_jax.commands.common import (
+    DeviceFlags,
+    RuntimeFlags,
+    SamplingFlags,
     UsageError,
     add_model_flag,
     build_mesh,
-    dtype_of,
+    finite_float,
+    from_namespace,
+    runtime_problems,
     sampling_kwargs,
     sampling_problems,
 )
 from mv2_jax.commands.i2v import (
+    ConditioningFlags,
     add_conditioning_flags,
     component_kwargs,
     conditioning_kwargs,
     conditioning_problems,
 )
-from mv2_jax.commands.video import add_video_flags, video_problems, write_video_and_settings
+from mv2_jax.commands.quiet_imports import import_transformers_quietly
+from mv2_jax.commands.session import Session
+from mv2_jax.commands.video import (
+    VideoFlags,
+    add_video_flags,
+    video_problems,
+    write_video_and_settings,
+)
+from mv2_jax.dtypes import parse_dtype
+
+
+@dataclass(frozen=True)
+class V2VFlags:
+    prompt: str
+    input: str
+    image: str | None
+    scale: float | None
+    noise_level: int
+    strength: float | None
+    vae_tile_size: int | None
+    sampling: SamplingFlags
+    video: VideoFlags
+    conditioning: ConditioningFlags
+    device: DeviceFlags
+    runtime: RuntimeFlags
+
+
+def settings(args: argparse.Namespace) -> V2VFlags:
+    return from_namespace(
+        V2VFlags,
+        args,
+        sampling=from_namespace(SamplingFlags, args),
+        video=from_namespace(VideoFlags, args),
+        conditioning=from_namespace(ConditioningFlags, args),
+        device=from_namespace(DeviceFlags, args),
+        runtime=from_namespace(RuntimeFlags, args),
+    )
 
 
 def add_parser(commands) -> None:
@@ -50,7 +93,7 @@ def add_parser(commands) -> None:
     )
     flag(
         "--scale",
-        type=float,
+        type=finite_float,
         metavar="X",
         help="target size = input size × X, rounded to a multiple of 8 (instead of "
         "--height/--width; default: those, else the model's size, 1048² for SD1.5-size "
@@ -66,7 +109,7 @@ def add_parser(commands) -> None:
     )
     flag(
         "--strength",
-        type=float,
+        type=finite_float,
         metavar="S",
         help="SDEdit: noise the upsampled input to S in (0, 1] and denoise from there (default: "
         "0.5 with an I2V model; a V2V model starts from pure noise unless given)",
@@ -80,27 +123,29 @@ def add_parser(commands) -> None:
     )
     add_conditioning_flags(v2v)
     v2v.set_defaults(noise_prior="none")  # V2V starts from its input, not the key image
-    add_video_flags(v2v, frames_default=None)
+    add_video_flags(v2v, "v2v")
 
 
-def check(args: argparse.Namespace) -> None:
+def check(flags: V2VFlags) -> None:
     """Every cheap check of the v2v flags, all problems reported at once."""
-    problems = sampling_problems(args) + video_problems(args) + conditioning_problems(args)
-    source = Path(args.input)
-    if not source.exists():
-        problems.append(f"--input {args.input}: no such file or folder; pass the low-res video")
-    if args.image is not None and not Path(args.image).is_file():
-        problems.append(f"--image {args.image}: no such file")
-    if args.scale is not None and (args.height or args.width):
+    sampling = flags.sampling
+    problems = sampling_problems(sampling) + video_problems(flags.video)
+    problems += conditioning_problems(flags.conditioning) + runtime_problems(flags.runtime)
+    if not Path(flags.input).exists():
+        problems.append(f"--input {flags.input}: no such file or folder; pass the low-res video")
+    if flags.image is not None and not Path(flags.image).is_file():
+        problems.append(f"--image {flags.image}: no such file")
+    if flags.scale is not None and (sampling.height or sampling.width):
         problems.append("--scale and --height/--width both set the target size; give one")
-    if args.scale is not None and not args.scale >= 1:
-        problems.append(f"--scale {args.scale}: this upscales; use a factor ≥ 1")
-    if args.strength is not None and not 0 < args.strength <= 1:
-        problems.append(f"--strength {args.strength}: must be in (0, 1]")
-    if args.noise_level < 0:
-        problems.append(f"--noise-level {args.noise_level}: must be ≥ 0")
-    if args.vae_tile_size is not None and (args.vae_tile_size < 32 or args.vae_tile_size % 32):
-        problems.append(f"--vae-tile-size {args.vae_tile_size}: use a multiple of 32, e.g. 512")
+    if flags.scale is not None and not flags.scale >= 1:
+        problems.append(f"--scale {flags.scale}: this upscales; use a factor ≥ 1")
+    if flags.strength is not None and not 0 < flags.strength <= 1:
+        problems.append(f"--strength {flags.strength}: must be in (0, 1]")
+    if flags.noise_level < 0:
+        problems.append(f"--noise-level {flags.noise_level}: must be ≥ 0")
+    tile = flags.vae_tile_size
+    if tile is not None and (tile < 32 or tile % 32):
+        problems.append(f"--vae-tile-size {tile}: use a multiple of 32, e.g. 512")
     if problems:
         raise UsageError("\n".join(problems))
 
@@ -110,41 +155,50 @@ def scaled(size: int, scale: float) -> int:
     return max(8, round(size * scale / 8) * 8)
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
-    check(args)
-    mesh = build_mesh(args.mesh)
+def run(flags: V2VFlags, session: Session) -> int:
+    mesh = build_mesh(flags.device.mesh)
     from mv2_jax.media import load_image, read_video
     from mv2_jax.pipelines.loading import load_v2v_pipeline
 
-    video, _ = read_video(args.input)  # [F,H,W,3] in [0,1]
-    if args.num_frames is not None:
-        video = video[: args.num_frames]
-    if args.scale is not None:
-        args.height, args.width = (scaled(n, args.scale) for n in video.shape[1:3])
-    image = None if args.image is None else load_image(args.image)
-    pipe = load_v2v_pipeline(args.model, dtype_of(args), **component_kwargs(args))
-    conditioning = conditioning_kwargs(args)
+    video, _ = read_video(flags.input)  # [F,H,W,3] in [0,1]
+    if flags.video.num_frames is not None:
+        video = video[: flags.video.num_frames]
+    sampling = flags.sampling
+    if flags.scale is not None:
+        height, width = (scaled(n, flags.scale) for n in video.shape[1:3])
+        sampling = replace(sampling, height=height, width=width)
+    image = None if flags.image is None else load_image(flags.image)
+    import_transformers_quietly(session.progress)
+    session.progress(f"loading the V2V model {sampling.model}")
+    dtype = parse_dtype(flags.device.dtype)
+    parts = component_kwargs(flags.conditioning)
+    pipe = load_v2v_pipeline(sampling.model, dtype=dtype, **parts)
+    conditioning = conditioning_kwargs(flags.conditioning)
     v2v = dict(
-        noise_level=args.noise_level, strength=args.strength, vae_tile_size=args.vae_tile_size
+        noise_level=flags.noise_level, strength=flags.strength, vae_tile_size=flags.vae_tile_size
     )
+    session.progress("sampling (compiling or restoring the compiled program first)")
     videos = pipe(
         video,
-        args.prompt,
-        negative_prompt=args.negative_prompt,
+        flags.prompt,
+        negative_prompt=flags.video.negative_prompt,
         image=image,
-        decode_chunk_size=args.decode_chunk_size,
-        **sampling_kwargs(args, mesh),
+        decode_chunk_size=flags.video.decode_chunk_size,
+        **sampling_kwargs(sampling, flags.device, mesh),
         **conditioning,
         **v2v,
     )
     write_video_and_settings(
         videos,
-        args,
-        argv,
+        sampling,
+        flags.video,
+        flags.device,
+        flags.prompt,
+        session,
         mesh,
         pipe,
-        input=str(Path(args.input).resolve()),
-        image=None if args.image is None else str(Path(args.image).resolve()),
+        input=str(Path(flags.input).resolve()),
+        image=None if flags.image is None else str(Path(flags.image).resolve()),
         mode="v2v" if pipe.takes_low_res else "sdedit",
         **conditioning,
         **v2v,

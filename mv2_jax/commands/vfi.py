@@ -5,17 +5,47 @@ JSON settings beside it."""
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import jax
-
-from mv2_jax.commands.common import DTYPES, UsageError, dtype_of, versions
-from mv2_jax.media import VIDEO_SUFFIXES, read_video, write_video
+from mv2_jax.commands.common import (
+    RuntimeFlags,
+    UsageError,
+    add_dtype_flag,
+    add_runtime_flags,
+    finite_float,
+    from_namespace,
+    runtime_problems,
+    versions,
+)
+from mv2_jax.commands.session import Session
+from mv2_jax.commands.video import (
+    command_line,
+    fps_problems,
+    settings_path,
+    stage_video,
+    video_out_problems,
+)
+from mv2_jax.dtypes import parse_dtype
 
 DEFAULT_FPS = 8.0  # a folder of frames has no rate of its own
+
+
+@dataclass(frozen=True)
+class VFIFlags:
+    input: str
+    factor: int
+    model: str | None
+    batch_size: int
+    fps: float | None
+    dtype: str
+    out: str
+    runtime: RuntimeFlags
+
+
+def settings(args: argparse.Namespace) -> VFIFlags:
+    return from_namespace(VFIFlags, args, runtime=from_namespace(RuntimeFlags, args))
 
 
 def add_parser(commands) -> None:
@@ -59,17 +89,13 @@ def add_parser(commands) -> None:
     )
     flag(
         "--fps",
-        type=float,
+        type=finite_float,
         metavar="FPS",
         help=f"frame rate written to the output (default: the input's × K, so the clip keeps "
         f"its duration; {DEFAULT_FPS:g} × K for a folder of frames)",
     )
-    flag(
-        "--dtype",
-        choices=DTYPES,
-        default="fp32",
-        help="precision of params and compute (default fp32; bf16 for accelerators)",
-    )
+    add_dtype_flag(vfi)
+    add_runtime_flags(vfi)
     flag(
         "--out",
         default="interpolated.mp4",
@@ -80,79 +106,75 @@ def add_parser(commands) -> None:
     )
 
 
-def check(args: argparse.Namespace) -> None:
+def check(flags: VFIFlags) -> None:
     """Every cheap check of the vfi flags (nothing is read or loaded), reported at once."""
     problems = []
-    source = Path(args.input)
+    source = Path(flags.input)
     if not source.exists():
-        problems.append(f"--input {args.input}: no such file or folder")
+        problems.append(f"--input {flags.input}: no such file or folder")
     elif source.is_file() and source.stat().st_size == 0:
-        problems.append(f"--input {args.input}: cannot decode an empty file")
-    if args.factor < 1:
-        problems.append(f"--factor {args.factor}: must be an integer ≥ 1 (1 adds no frames)")
-    if args.batch_size < 1:
-        problems.append(f"--batch-size {args.batch_size}: needs at least 1")
-    if args.fps is not None and not args.fps > 0:
-        problems.append(f"--fps {args.fps}: must be positive")
-    if args.model is not None and Path(args.model).is_file():
+        problems.append(f"--input {flags.input}: cannot decode an empty file")
+    if flags.factor < 1:
+        problems.append(f"--factor {flags.factor}: must be an integer ≥ 1 (1 adds no frames)")
+    if flags.batch_size < 1:
+        problems.append(f"--batch-size {flags.batch_size}: needs at least 1")
+    problems += fps_problems(flags.fps)
+    if flags.model is not None and Path(flags.model).is_file():
         problems.append(
-            f"--model {args.model} is a file; RIFE v4.0–4.6 weights convert with `python "
-            f"convert/rife_to_vfi.py {args.model} --out DIR`, then pass --model DIR"
+            f"--model {flags.model} is a file; RIFE v4.0–4.6 weights convert with `python "
+            f"convert/rife_to_vfi.py {flags.model} --out DIR`, then pass --model DIR"
         )
-    elif args.model is not None and not Path(args.model).is_dir():
+    elif flags.model is not None and not Path(flags.model).is_dir():
         problems.append(
-            f"--model {args.model}: no such folder; pass a FrameInterpolator folder, or leave "
+            f"--model {flags.model}: no such folder; pass a FrameInterpolator folder, or leave "
             "--model out to use the shipped weights"
         )
-    out = Path(args.out)
-    if out.suffix and out.suffix.lower() not in VIDEO_SUFFIXES:
-        problems.append(
-            f"--out {args.out}: unsupported suffix {out.suffix!r}; use .mp4, .gif, or no "
-            "suffix for a folder of PNG frames"
-        )
-    elif not out.suffix and out.exists() and any(out.iterdir() if out.is_dir() else [out]):
-        problems.append(f"--out {args.out} exists; frames go to a new or empty folder")
+    problems += video_out_problems(flags.out) + runtime_problems(flags.runtime)
     if problems:
         raise UsageError("\n".join(problems))
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
+def run(flags: VFIFlags, session: Session) -> int:
+    import jax
+
+    from mv2_jax.media import read_video
     from mv2_jax.pipelines.vfi import load_vfi_pipeline, vfi_model_folder
 
-    check(args)
+    session.progress(f"reading {flags.input}")
     try:
-        frames, input_fps = read_video(args.input)
+        frames, input_fps = read_video(flags.input)
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot decode --input {args.input}: {e}") from e
+        raise ValueError(f"cannot decode --input {flags.input}: {e}") from e
     if len(frames) < 2:
         raise UsageError(
-            f"--input {args.input} has {len(frames)} frame; interpolation needs at least 2"
+            f"--input {flags.input} has {len(frames)} frame; interpolation needs at least 2"
         )
-    model = vfi_model_folder(args.model)
-    pipe = load_vfi_pipeline(model, dtype=dtype_of(args))
-    video = pipe(frames, factor=args.factor, batch_size=args.batch_size, progress=True)
-    fps = args.fps or (input_fps or DEFAULT_FPS) * args.factor
+    model = vfi_model_folder(flags.model)
+    session.progress(f"loading the frame interpolator {model}")
+    pipe = load_vfi_pipeline(model, dtype=parse_dtype(flags.dtype))
+    session.progress("interpolating (compiling or restoring the compiled program first)")
+    video = pipe(frames, factor=flags.factor, batch_size=flags.batch_size, progress=True)
+    fps = flags.fps or (input_fps or DEFAULT_FPS) * flags.factor
     if jax.process_index() != 0:
         return 0
-    path = write_video(video, args.out, fps=fps)
-    settings = {
-        "video": path.name,
-        "input": str(Path(args.input).resolve()),
+    record = {
+        "input": str(Path(flags.input).resolve()),
         "model": str(model.resolve()),
-        "factor": args.factor,
+        "factor": flags.factor,
         "input_frames": len(frames),
         "num_frames": len(video),
         "height": int(video.shape[1]),
         "width": int(video.shape[2]),
         "input_fps": input_fps,
         "fps": fps,
-        "batch_size": args.batch_size,
-        "dtype": args.dtype,
-        "command": shlex.join(["python", "sample.py", *argv]),
+        "batch_size": flags.batch_size,
+        "dtype": flags.dtype,
+        "command": command_line(session),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": versions(),
     }
-    sidecar = path.with_suffix(".json") if path.suffix else path / "settings.json"
-    sidecar.write_text(json.dumps(settings, indent=2) + "\n")
+    path = stage_video(session, video, flags.out, fps, record)
+    session.guard.commit()
+    sidecar = settings_path(path)
     print(f"wrote {path} ({len(video)} frames from {len(frames)}) and its settings to {sidecar}")
     return 0

@@ -198,7 +198,7 @@ def test_sample_py_with_a_prompt_writes_the_video_settings_and_intermediates(
     cascade, folders, monkeypatch, tmp_path, capsys
 ):
     t2i_folder, i2v_folder = folders
-    monkeypatch.setattr(cascade_command, "build_cascade", lambda args: cascade)
+    monkeypatch.setattr(cascade_command, "build_cascade", lambda *args: cascade)
     out = tmp_path / "fox.mp4"
     argv = [
         "a red fox", "--t2i-model", str(t2i_folder), "--i2v-model", str(i2v_folder),
