@@ -20,6 +20,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from mv2_jax.commands.config_errors import parse_flags_or_exit
 from mv2_jax.extras import require_train_extra
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -88,7 +89,7 @@ def main() -> None:
     require_train_extra(Path(sys.argv[0]).name)
     _help_from_this_module()
     try:
-        app.run(_train)
+        app.run(_train, flags_parser=parse_flags_or_exit)
     except SystemExit as exit_:  # absl ends --help with status 1; asking for help succeeded
         helped = {"--help", "-h", "-?", "--helpfull"} & set(sys.argv[1:])
         sys.exit(0 if helped and exit_.code == 1 else exit_.code)

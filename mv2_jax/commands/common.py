@@ -41,23 +41,29 @@ class OneLineParser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         namespace, unknown = self.parse_known_args(args, namespace)
         if unknown:
-            self.error(unknown_flags_message(unknown, option_strings(self, namespace)))
+            reporter = chosen_subcommand(self, namespace) or self
+            reporter.error(unknown_flags_message(unknown, option_strings(self, namespace)))
         return namespace
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists every flag)\n")
 
 
+def chosen_subcommand(parser: argparse.ArgumentParser, namespace: argparse.Namespace):
+    """The subcommand's parser that `namespace` chose, None without subcommands."""
+    for action in parser._actions:  # argparse keeps its actions here; there is no public view
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(getattr(namespace, action.dest, None) or "")
+    return None
+
+
 def option_strings(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -> list[str]:
     """Every `--flag` of `parser` and of the subcommand `namespace` chose."""
-    options = []
-    for action in parser._actions:  # argparse keeps its actions here; there is no public view
-        options += [o for o in action.option_strings if o.startswith("--")]
-        if isinstance(action, argparse._SubParsersAction):
-            chosen = action.choices.get(getattr(namespace, action.dest, None) or "")
-            if chosen is not None:
-                options += option_strings(chosen, namespace)
-    return options
+    options = [o for action in parser._actions for o in action.option_strings]
+    chosen = chosen_subcommand(parser, namespace)
+    if chosen is not None:
+        options += option_strings(chosen, namespace)
+    return [o for o in options if o.startswith("--")]
 
 
 def unknown_flags_message(unknown: list[str], options: list[str]) -> str:
