@@ -89,6 +89,19 @@ class LatentDiffusionPipeline:
     def request(self, *args, **kwargs) -> SamplingRequest:
         raise NotImplementedError("a pipeline class defines request(...)")
 
+    @classmethod
+    def from_pretrained(
+        cls, path, *, dtype=None, param_dtype=None, variant: str | None = None, **components
+    ):
+        """This pipeline from a local diffusers-format folder: see
+        `mv2_jax.pipelines.loading.from_pretrained` (hub ids are not accepted: nothing here
+        downloads)."""
+        from mv2_jax.pipelines.loading import from_pretrained
+
+        return from_pretrained(
+            cls, path, dtype=dtype, param_dtype=param_dtype, variant=variant, **components
+        )
+
     # ------------------------------------------------------------------ sizes
 
     @property

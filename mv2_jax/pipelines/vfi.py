@@ -34,6 +34,14 @@ class FrameInterpolationPipeline:
     trace_count: int = 0  # how often the interpolation step was traced (same shapes ⇒ once)
     _step: Any = field(default=None, repr=False)
 
+    @classmethod
+    def from_pretrained(cls, path=None, *, dtype=None, param_dtype=None, **components):
+        """A frame interpolator from a FrameInterpolator or FrameInterpolationPipeline folder
+        (None: the shipped weights); `interpolator=(module, params)` replaces the model."""
+        from mv2_jax.pipelines.loading import from_pretrained
+
+        return from_pretrained(cls, path, dtype=dtype, param_dtype=param_dtype, **components)
+
     def _interpolate(self):
         """`step(params, frame0, frame1, t)` → frames at t; one jit, t traced."""
         if self._step is None:

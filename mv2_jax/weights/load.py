@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mv2_jax.dtypes import parse_dtype
 from mv2_jax.weights.mapping import convert_state_dict
 from mv2_jax.weights.registry import family_for, param_shapes
 from mv2_jax.weights.safetensors_io import read_weights_folder
@@ -57,26 +58,40 @@ def build_module(config: dict[str, Any], dtype=jnp.float32, where: str = "config
 
 
 def load_component(
-    path: str | os.PathLike, dtype=jnp.float32, shardings=None
+    path: str | os.PathLike,
+    dtype=jnp.float32,
+    shardings=None,
+    *,
+    param_dtype=None,
+    variant: str | None = None,
 ) -> tuple[nn.Module, dict]:
     """Load a component folder. Returns `(module, params)`; call
     `module.apply({"params": params}, ...)` with the contract signatures of DESIGN.md.
 
-    `shardings` (a tree like the params, or one sharding) places each param's shards straight
-    onto their devices; None puts the params on the default device."""
+    `dtype` is the compute dtype, `param_dtype` the params' (default: `dtype`); both take
+    dtype names too ("bf16", "float32", …). `variant` ("fp16", …) reads
+    `{stem}.{variant}.safetensors` as diffusers does (`read_weights_folder`). `shardings` (a
+    tree like the params, or one sharding) places each param's shards straight onto their
+    devices; None puts the params on the default device."""
     folder = Path(path)
     config = read_config(folder)
+    dtype = parse_dtype(dtype)
+    param_dtype = dtype if param_dtype is None else parse_dtype(param_dtype)
     module, family = build_module(config, dtype, where=str(folder / "config.json"))
+    if param_dtype != dtype:
+        module = module.clone(param_dtype=param_dtype)
     shapes = param_shapes(module, family)
     if (folder / ORBAX_PARAMS_DIR).is_dir():
         from mv2_jax.weights.orbax_io import restore_params
 
-        params = restore_params(folder / ORBAX_PARAMS_DIR, shapes, dtype=dtype, shardings=shardings)
+        params = restore_params(
+            folder / ORBAX_PARAMS_DIR, shapes, dtype=param_dtype, shardings=shardings
+        )
     else:
-        state = read_weights_folder(folder, family.weights_stem)
+        state = read_weights_folder(folder, family.weights_stem, variant)
         place = _placer(shapes, shardings)
         params = convert_state_dict(
-            state, shapes, family.rules, dtype=dtype, what=str(folder), place=place
+            state, shapes, family.rules, dtype=param_dtype, what=str(folder), place=place
         )
     return module, params
 

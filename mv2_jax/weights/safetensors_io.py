@@ -8,7 +8,9 @@ are read one at a time as they are used, so a multi-GB checkpoint never sits in 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import struct
 from collections import ChainMap
 from collections.abc import Iterator, Mapping
@@ -29,6 +31,8 @@ _DTYPES = {
     "U8": np.uint8,
     "BOOL": np.bool_,
 }
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointFileError(ValueError):
@@ -97,27 +101,66 @@ def read_safetensors(path: str | os.PathLike) -> LazyTensors:
     return LazyTensors(path, data_start, entries)
 
 
-def read_weights_folder(folder: str | os.PathLike, stem: str) -> Mapping[str, np.ndarray]:
+def read_weights_folder(
+    folder: str | os.PathLike, stem: str, variant: str | None = None
+) -> Mapping[str, np.ndarray]:
     """The tensors of a component folder: `{stem}.safetensors`, or the shards listed in
-    `{stem}.safetensors.index.json`; precision variants like `{stem}.fp16.safetensors` too."""
+    `{stem}.safetensors.index.json`. With `variant` ("fp16", …) the files of that precision
+    variant, as diffusers names them: `{stem}.{variant}.safetensors` or the shards of
+    `{stem}.{variant}.safetensors.index.json` (also `{stem}.safetensors.index.{variant}.json`).
+    Without one, the un-suffixed files; a folder holding only one variant reads that, and one
+    holding several stops with an error listing them. A folder without the asked variant reads
+    its un-suffixed files (with a warning), as diffusers' pipelines do."""
     folder = Path(folder)
-    candidates = [folder / f"{stem}.safetensors"]
-    candidates += sorted(folder.glob(f"{stem}.*.safetensors"))
-    index_files = [folder / f"{stem}.safetensors.index.json"]
-    index_files += sorted(folder.glob(f"{stem}.safetensors.index.*.json"))
-    index_files += sorted(folder.glob(f"{stem}.*.safetensors.index.json"))
-    for index in index_files:
-        if index.exists():
-            return _read_sharded(index)
-    for file in candidates:
-        if file.exists() and "-of-" not in file.name:
-            return read_safetensors(file)
     present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    found = _weight_files(folder, stem)
+    if variant is None:
+        if None in found:
+            return _read_weights(found[None])
+        if len(found) > 1:
+            raise FileNotFoundError(
+                f"{folder}: no plain {stem}.safetensors but several variants "
+                f"({', '.join(sorted(found))}); pass variant= one of them. Files: {present}"
+            )
+        if found:
+            return _read_weights(next(iter(found.values())))
+    elif variant in found:
+        return _read_weights(found[variant])
+    elif None in found:  # as diffusers: a component without that variant loads its plain files
+        log.warning("%s: no %s variant; reading %s", folder, variant, found[None].name)
+        return _read_weights(found[None])
+    else:
+        raise FileNotFoundError(
+            f"{folder}: no {stem}.{variant}.safetensors (or its sharded index) for "
+            f"variant={variant!r}; variants here: "
+            f"{sorted(v or '(none)' for v in found) or 'none'}. Files: {present}"
+        )
     raise FileNotFoundError(
         f"{folder}: no {stem}.safetensors (or sharded index) found; files here: {present}. "
         "Point at a component folder (e.g. pipeline/unet), or convert .bin/.ckpt weights with "
         "`python convert/to_flax.py`."
     )
+
+
+def _weight_files(folder: Path, stem: str) -> dict[str | None, Path]:
+    """`{variant or None: file}`: each variant's index file if sharded, else its one file."""
+    found: dict[str | None, Path] = {}
+    if not folder.is_dir():
+        return found
+    variant, index = r"(?:\.(?P<v1>[^.]+))?", r"(?:\.index(?:\.(?P<v2>[^.]+))?\.json)?"
+    pattern = re.compile(rf"^{re.escape(stem)}{variant}\.safetensors{index}$")
+    for path in sorted(folder.iterdir()):
+        match = pattern.match(path.name)
+        if match is None or "-of-" in path.name:
+            continue
+        name = match["v1"] or match["v2"]
+        if path.name.endswith(".json") or name not in found:  # an index wins
+            found[name] = path
+    return found
+
+
+def _read_weights(path: Path) -> Mapping[str, np.ndarray]:
+    return _read_sharded(path) if path.name.endswith(".json") else read_safetensors(path)
 
 
 def _read_sharded(index_path: Path) -> Mapping[str, np.ndarray]:

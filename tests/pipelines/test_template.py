@@ -1,0 +1,85 @@
+"""The pipeline template (mv2_jax/pipelines/base.py): requests are checked when made, nothing of
+a call stays on the pipeline, and one pipeline serves several threads at once. Runs on the
+shipped shapes-world models, so it needs no torch."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import mv2_jax
+from mv2_jax.pipelines.shipped import shipped_model
+
+KEY_IMAGE = np.zeros((64, 64, 3), np.float32)
+KEY_IMAGE[20:44, 24:40] = (1.0, 0.1, 0.1)
+CALLS = {
+    "t2i": (
+        dict(prompt="a red circle moving right", height=64, width=64, seed=1,
+             num_inference_steps=3, guidance_scale=2.0),
+        dict(prompt=["a blue square moving up", "a green triangle moving left"], height=48,
+             width=64, seed=2, num_inference_steps=4, guidance_scale=1.0, progress=True),
+    ),
+    "i2v": (
+        dict(image=KEY_IMAGE, prompt="a red square moving right", height=64, width=64,
+             num_frames=4, seed=3, num_inference_steps=3, guidance_scale=5.0),
+        dict(image=KEY_IMAGE, prompt="a red square moving down", height=48, width=48,
+             num_frames=3, seed=4, num_inference_steps=2, guidance_scale=1.0,
+             noise_prior="none", reference_scale=0.5),
+    ),
+}  # fmt: skip
+
+
+def _pipeline(stage):
+    folder = shipped_model(stage)
+    if folder is None:
+        pytest.fail(f"the shipped {stage} model is missing from mv2_jax/assets")
+    return mv2_jax.load_pipeline(folder)
+
+
+@pytest.mark.parametrize("stage", sorted(CALLS))
+def test_two_threads_on_one_pipeline_get_what_sequential_calls_get(stage):
+    sequential = [_pipeline(stage)(**call) for call in CALLS[stage]]
+    pipe = _pipeline(stage)  # fresh: the threads also trace and compile at the same time
+    start = threading.Barrier(len(CALLS[stage]))
+
+    def run(call):
+        start.wait()
+        return pipe(**call)
+
+    with ThreadPoolExecutor(len(CALLS[stage])) as pool:
+        threaded = list(pool.map(run, CALLS[stage]))
+    for alone, together in zip(sequential, threaded):
+        assert together.shape == alone.shape
+        np.testing.assert_array_equal(together, alone)
+    assert sequential[0].shape[1:3] != sequential[1].shape[1:3] or stage == "i2v"
+    assert pipe.trace_count == 2  # one program per request shape, none traced twice
+
+
+def test_requests_are_checked_when_made():
+    pipe = _pipeline("t2i")
+    for bad, message in (
+        (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number"),
+        (dict(num_inference_steps=0), "num_inference_steps must be ≥ 1"),
+        (dict(seed=1.5), "seed must be an integer"),
+        (dict(negative_prompt=["a", "b"]), "2 negative prompts for 1 prompts"),
+        (dict(image=KEY_IMAGE[None], strength=0.0), r"strength must be in \(0, 1\]"),
+        (dict(num_frames=4), "num_frames must be None or 1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            pipe.request("a red circle", **bad)
+    with pytest.raises(TypeError):  # settings after the prompts are keyword-only
+        pipe("a red circle", None, 3)
+    request = pipe.request("a red circle", num_inference_steps=3)
+    assert request.prompts == ("a red circle",)
+    with pytest.raises(AttributeError):  # frozen
+        request.seed = 2
+
+
+def test_nothing_of_a_call_stays_on_the_pipeline():
+    pipe = _pipeline("t2i")
+    before = {name: value for name, value in vars(pipe).items() if name != "_cache"}
+    pipe("a red circle moving right", num_inference_steps=2, height=32, width=32)
+    after = {name: value for name, value in vars(pipe).items() if name != "_cache"}
+    assert after.keys() == before.keys()
+    assert {k for k in after if after[k] is not before[k]} == {"trace_count"}
