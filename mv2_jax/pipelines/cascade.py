@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from mv2_jax.pipelines.defaults import STAGE_DEFAULTS, size_problems
+
 STAGES = ("t2i", "i2v", "v2v", "vfi")
 TITLES = {
     "t2i": "text → key image",
@@ -33,7 +35,7 @@ class StageSettings:
     """How one diffusion stage samples; `extra` holds the stage's own keyword arguments (the
     I2V conditioning scales, V2V's `noise_level` / `strength`). Sizes None: the model's."""
 
-    steps: int = 25
+    steps: int = STAGE_DEFAULTS["i2v"].steps
     guidance_scale: float | None = None
     seed: int = 0
     scheduler: str | None = None
@@ -141,9 +143,9 @@ class TextToVideoCascade:
                 key_size = _size(self.text_to_image, t2i, "t2i", problems)
         i2v_pipe = self.image_to_video
         keyframe_size = _size(i2v_pipe, i2v, "i2v", problems)
-        max_frames = getattr(i2v_pipe.unet, "motion_max_seq_length", None)
+        max_frames = i2v_pipe.unet.motion_max_seq_length
         if num_frames is None:
-            num_frames = min(32, max_frames or 32)
+            num_frames = min(STAGE_DEFAULTS["i2v"].num_frames, max_frames)
         if num_frames < 1 or (max_frames and num_frames > max_frames):
             problems.append(
                 f"i2v: {num_frames} frames; the motion modules take 1 to {max_frames} "
@@ -267,10 +269,7 @@ def _size(pipe, settings: StageSettings, stage: str, problems: list[str]) -> tup
     VAE cannot take are added to `problems`."""
     default = pipe.default_size
     height, width = settings.height or default, settings.width or default
-    multiple = max(8, pipe.vae_scale_factor)
-    for name, value in (("height", height), ("width", width)):
-        if value < multiple or value % multiple:
-            problems.append(f"{stage}: {name} {value} is not a positive multiple of {multiple}")
+    problems += size_problems(height, width, pipe.vae_scale_factor, where=f"{stage}: ")
     return height, width
 
 
