@@ -221,15 +221,19 @@ def default_compilation_cache() -> Path:
 
 def use_compilation_cache(folder: str | None, min_compile_seconds: float = 0.5) -> None:
     """jax's persistent compilation cache in `folder` (None or 'none': off), for every program
-    that took ≥ `min_compile_seconds` to compile. Once per process: jax reads it at the first
-    compile."""
+    that took ≥ `min_compile_seconds` to compile, and the pipelines' exported programs in its
+    `exported/` (so that a warm run neither traces nor lowers them; `ProgramStore`). Once per
+    process: jax reads it at the first compile."""
     import jax
+
+    from mv2_jax.pipelines.program_store import use_program_store
 
     if not folder or folder.lower() == "none":
         return
     Path(folder).mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
+    use_program_store(Path(folder) / "exported")
 
 
 # -------------------------------------------------------------------------------- checks

@@ -325,15 +325,18 @@ def build_cascade(flags: StageRunFlags, key_image: str | None, report: Callable[
     models = flags.models
     import_transformers_quietly(report)
     text_to_image = video_to_video = interpolator = None
+    shared = {}  # the stages' folders link one VAE and text encoder: read them once
     if "t2i" not in skip:
         report(f"loading the T2I model {models['t2i']}")
-        text_to_image = mv2_jax.load_pipeline(models["t2i"], dtype=dtype)
+        text_to_image = mv2_jax.load_pipeline(models["t2i"], dtype=dtype, shared_components=shared)
     report(f"loading the I2V model {models['i2v']}")
-    image_to_video = load_i2v_pipeline(models["i2v"], dtype=dtype, **parts)
+    image_to_video = load_i2v_pipeline(
+        models["i2v"], dtype=dtype, shared_components=shared, **parts
+    )
     if "v2v" not in skip:
         folder = models["v2v"] or models["i2v"]
         report(f"loading the V2V model {folder}")
-        video_to_video = load_v2v_pipeline(folder, dtype=dtype, **parts)
+        video_to_video = load_v2v_pipeline(folder, dtype=dtype, shared_components=shared, **parts)
     if "vfi" not in skip:
         report(f"loading the frame interpolator {models['vfi'] or '(shipped)'}")
         interpolator = load_vfi_pipeline(models["vfi"], dtype=dtype)

@@ -33,6 +33,7 @@ from mv2_jax.diffusion.sampler import denoise, steps_bucket
 from mv2_jax.diffusion.schedulers import make_scheduler
 from mv2_jax.parallel.sharding import batch_sharding, module_shardings_for, shard_params
 from mv2_jax.pipelines.defaults import DEFAULT_GUIDANCE_SCALE, check_size, check_steps_left
+from mv2_jax.pipelines.program_store import ProgramStore, default_program_store
 from mv2_jax.pipelines.progress import StepProgress
 from mv2_jax.pipelines.request import Prepared, Program, SamplingRequest
 from mv2_jax.pipelines.text import PromptEncoder
@@ -51,7 +52,7 @@ class ProgramCache:
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
-        self.programs: dict[Program, Callable] = {}
+        self.programs: dict[tuple[Program, bool], Callable] = {}
         self.placements: dict[Any, dict] = {}
         self.progress = StepProgress()
 
@@ -71,6 +72,8 @@ class LatentDiffusionPipeline:
     default_guidance_scale: float = DEFAULT_GUIDANCE_SCALE
     unet_sample_size: int = 64
     trace_count: int = 0  # how often a program was traced (no recompile ⇒ unchanged)
+    # Exported programs read back instead of traced (None: the command line's, if it set one).
+    program_store: ProgramStore | None = None
     _cache: ProgramCache = field(
         default_factory=ProgramCache, init=False, repr=False, compare=False
     )
@@ -91,7 +94,14 @@ class LatentDiffusionPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, path, *, dtype=None, param_dtype=None, variant: str | None = None, **components
+        cls,
+        path,
+        *,
+        dtype=None,
+        param_dtype=None,
+        variant: str | None = None,
+        shared_components: dict | None = None,
+        **components,
     ):
         """This pipeline from a local diffusers-format folder: see
         `mv2_jax.pipelines.loading.from_pretrained` (hub ids are not accepted: nothing here
@@ -99,7 +109,13 @@ class LatentDiffusionPipeline:
         from mv2_jax.pipelines.loading import from_pretrained
 
         return from_pretrained(
-            cls, path, dtype=dtype, param_dtype=param_dtype, variant=variant, **components
+            cls,
+            path,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            variant=variant,
+            shared_components=shared_components,
+            **components,
         )
 
     # ------------------------------------------------------------------ sizes
@@ -140,18 +156,33 @@ class LatentDiffusionPipeline:
             call = _replicated(request.mesh, np.int32(0))
             generate.lower(params, inputs, dict(scalars, call=call)).compile()
 
-    def program(self, program: Program) -> Callable:
-        """The jitted `generate(params, inputs, scalars)` of `program`, made once."""
+    def program(self, program: Program, args: tuple | None = None) -> Callable:
+        """The jitted `generate(params, inputs, scalars)` of `program`, made once. Given the
+        call's `args` and a program store (`program_store`), it is the stored export of the
+        program when there is one (no tracing), and exported there when there is not; programs
+        with a progress bar are always traced (host callbacks cannot be exported)."""
+        store = self.program_store or default_program_store()
+        stored = store is not None and args is not None and not program.progress
+        key = (program, stored)
         with self._cache.lock:
-            if program not in self._cache.programs:
-                self._cache.programs[program] = jax.jit(functools.partial(self._generate, program))
-            return self._cache.programs[program]
+            if key in self._cache.programs:
+                return self._cache.programs[key]
+        trace = functools.partial(self._generate, program)
+        if stored:
+            models = tuple((name, repr(module)) for name, (module, _) in self.components().items())
+            generate = store.jitted(type(self).__name__, (models, repr(program)), trace, args)
+        else:
+            generate = jax.jit(trace)
+        with self._cache.lock:  # a thread that made it at the same time: keep the first
+            return self._cache.programs.setdefault(key, generate)
 
     def _program_and_args(self, prepared: Prepared, mesh) -> tuple[Callable, tuple]:
         params = self.placed_params(mesh)
         inputs = place_batch(mesh, prepared.inputs)
         scalars = _replicated(mesh, prepared.scalars)
-        return self.program(prepared.program), (params, inputs, scalars)
+        # On one device, a stored program may stand in for tracing (the call id included).
+        args = None if mesh is not None else (params, inputs, dict(scalars, call=np.int32(0)))
+        return self.program(prepared.program, args), (params, inputs, scalars)
 
     def components(self) -> dict[str, tuple[Any, Any]]:
         """`{name: (module, params)}` of the models the program runs; a subclass with more

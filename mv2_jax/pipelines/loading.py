@@ -68,6 +68,7 @@ class PipelineParts:
     param_dtype: Any = None
     variant: str | None = None
     replacements: dict = field(default_factory=dict)
+    shared: dict | None = None  # components read by earlier loads, see `from_pretrained`
     _used: set = field(default_factory=set)
 
     def given(self, name: str):
@@ -277,7 +278,14 @@ PIPELINES = {
 
 
 def from_pretrained(
-    cls, path: str | os.PathLike, *, dtype=None, param_dtype=None, variant=None, **components
+    cls,
+    path: str | os.PathLike,
+    *,
+    dtype=None,
+    param_dtype=None,
+    variant=None,
+    shared_components: dict | None = None,
+    **components,
 ):
     """A `cls` pipeline from the local pipeline folder `path` (see the module docstring): what
     every pipeline class's `from_pretrained` runs.
@@ -287,7 +295,10 @@ def from_pretrained(
     `*.fp16.safetensors` (and sharded `*.fp16.safetensors.index.json`) as diffusers does.
     `**components` replaces a component: `unet=(module, params)` or `unet="path/to/unet"`;
     a `tokenizer` or a `scheduler` config dict as is; `controlnet`, `image_encoder`,
-    `ip_adapter` (a file) and `appearance_encoder` add them to an image-to-video pipeline."""
+    `ip_adapter` (a file) and `appearance_encoder` add them to an image-to-video pipeline.
+    `shared_components`: a dict to pass to several loads (e.g. the stages of a cascade, whose
+    folders link one VAE and text encoder): a component folder read by one is reused by the
+    next, not read again."""
     if cls is FrameInterpolationPipeline:
         return _interpolator(path, dtype, param_dtype, components)
     if cls not in BUILDERS:
@@ -309,6 +320,7 @@ def from_pretrained(
         None if param_dtype is None else parse_dtype(param_dtype),
         variant,
         dict(components),
+        shared_components,
     )
     pipe = build(parts)
     parts.check_used(cls.__name__)
