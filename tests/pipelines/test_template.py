@@ -2,6 +2,7 @@
 a call stays on the pipeline, and one pipeline serves several threads at once. Runs on the
 shipped shapes-world models, so it needs no torch."""
 
+import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 import mv2_jax
+from mv2_jax.pipelines.program_store import ProgramStore
 from mv2_jax.pipelines.shipped import shipped_model
 
 KEY_IMAGE = np.zeros((64, 64, 3), np.float32)
@@ -83,3 +85,19 @@ def test_nothing_of_a_call_stays_on_the_pipeline():
     after = {name: value for name, value in vars(pipe).items() if name != "_cache"}
     assert after.keys() == before.keys()
     assert {k for k in after if after[k] is not before[k]} == {"trace_count"}
+
+
+def test_a_stored_program_runs_again_without_tracing(tmp_path, caplog):
+    store = ProgramStore(tmp_path)
+    call = dict(CALLS["t2i"][0], num_inference_steps=2)
+    first = dataclasses.replace(_pipeline("t2i"), program_store=store)
+    expected = first(**call)
+    stored = list(tmp_path.glob("*.jaxexport"))
+    assert first.trace_count == 1 and len(stored) == 1
+    second = dataclasses.replace(_pipeline("t2i"), program_store=store)
+    np.testing.assert_array_equal(second(**call), expected)
+    assert second.trace_count == 0  # read back, not traced
+    stored[0].write_bytes(stored[0].read_bytes()[:100])  # truncated: exported again, with a word
+    third = dataclasses.replace(_pipeline("t2i"), program_store=store)
+    np.testing.assert_array_equal(third(**call), expected)
+    assert third.trace_count == 1 and "unreadable stored program" in caplog.text
