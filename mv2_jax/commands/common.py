@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import mv2_jax
-from mv2_jax.diffusion.schedulers import SCHEDULERS  # the algorithms --scheduler may name
+from mv2_jax.diffusion.scheduler_names import SCHEDULER_NAMES as SCHEDULERS  # no jax yet
 from mv2_jax.dtypes import DTYPE_CHOICES
 from mv2_jax.pipelines.defaults import size_problems
 

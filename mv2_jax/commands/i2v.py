@@ -109,7 +109,7 @@ def add_parser(commands) -> None:
 
 def add_conditioning_flags(parser: argparse.ArgumentParser) -> None:
     """The key image's conditioning flags (image → video, and video → video after it)."""
-    from mv2_jax.pipelines.i2v import CONTROLNET_FRAMES, NOISE_PRIORS
+    from mv2_jax.pipelines.defaults import CONTROLNET_FRAMES, NOISE_PRIORS
 
     flag = parser.add_argument
     weight = dict(type=scale_or_off, default=1.0, metavar="W")

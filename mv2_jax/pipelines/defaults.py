@@ -27,6 +27,10 @@ STAGE_DEFAULTS = {
     "i2v": StageDefaults(steps=25, num_frames=PAPER_FRAMES),
     "v2v": StageDefaults(steps=25),
 }
+# The image-to-video options' choices (`ImageToVideoPipeline`): the latent noise prior and the
+# frames the ControlNet sees the key image on.
+NOISE_PRIORS = ("none", "mean_shift", "frequency")
+CONTROLNET_FRAMES = ("first", "all")
 # SDEdit's strength when a V2V call runs a UNet without low-res channels and gives none.
 DEFAULT_SDEDIT_STRENGTH = 0.5
 # The guidance a pipeline folder gets unless it says otherwise (diffusers' defaults).

@@ -37,7 +37,12 @@ from mv2_jax.models.appearance import (
 from mv2_jax.models.clip_vision import preprocess_images
 from mv2_jax.models.controlnet import SparseControlNetModel
 from mv2_jax.pipelines.base import prompt_count
-from mv2_jax.pipelines.defaults import PAPER_I2V_SIZE, STAGE_DEFAULTS
+from mv2_jax.pipelines.defaults import (
+    CONTROLNET_FRAMES,
+    NOISE_PRIORS,
+    PAPER_I2V_SIZE,
+    STAGE_DEFAULTS,
+)
 from mv2_jax.pipelines.request import (
     Prepared,
     SamplingRequest,
@@ -45,9 +50,6 @@ from mv2_jax.pipelines.request import (
     check_unit_interval,
 )
 from mv2_jax.pipelines.t2v import TextToVideoPipeline
-
-NOISE_PRIORS = ("none", "mean_shift", "frequency")
-CONTROLNET_FRAMES = ("first", "all")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
