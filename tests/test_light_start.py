@@ -25,4 +25,4 @@ def test_flag_parsing_imports_no_jax():
 
 
 def test_scheduler_names_are_the_registry():
-    assert SCHEDULER_NAMES == tuple(SCHEDULERS)
+    assert tuple(SCHEDULERS) == SCHEDULER_NAMES
