@@ -48,6 +48,7 @@ from mv2_jax.pipelines.request import (
     SamplingRequest,
     check_choice,
     check_unit_interval,
+    from_arguments,
 )
 from mv2_jax.pipelines.t2v import TextToVideoPipeline
 
@@ -149,31 +150,7 @@ class ImageToVideoPipeline(TextToVideoPipeline):
         None (or that the pipeline lacks) is skipped; a scale of 0 runs it at zero weight (the
         same program as any other scale). `noise_prior` is "none", "mean_shift"
         (z_T = √a·z_ref + √(1−a)·ε, a = `noise_prior_strength`) or "frequency"."""
-        return ImageToVideoRequest(
-            image=image,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            guidance_rescale=guidance_rescale,
-            scheduler=scheduler,
-            height=height,
-            width=width,
-            num_frames=num_frames,
-            latents=latents,
-            seed=seed,
-            mesh=mesh,
-            per_prompt=num_videos_per_prompt,
-            decode_chunk_size=decode_chunk_size,
-            vae_tile_size=vae_tile_size,
-            progress=progress,
-            reference_scale=reference_scale,
-            controlnet_scale=controlnet_scale,
-            ip_adapter_scale=ip_adapter_scale,
-            controlnet_frames=controlnet_frames,
-            noise_prior=noise_prior,
-            noise_prior_strength=noise_prior_strength,
-        )
+        return from_arguments(ImageToVideoRequest, locals())
 
     def frame_count(self, request: SamplingRequest) -> int:
         if request.num_frames is None:  # the paper's 32, or the motion modules' maximum

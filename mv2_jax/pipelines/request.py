@@ -110,6 +110,17 @@ class Prepared:
         )
 
 
+def from_arguments(cls: type[SamplingRequest], arguments: dict) -> SamplingRequest:
+    """`cls` from the `locals()` of a pipeline's `request` method: its parameters are the
+    request's fields by name (diffusers' `num_images_per_prompt` / `num_videos_per_prompt` is
+    `per_prompt`; a `**conditioning` catch-all is spread), so each signature is written once."""
+    fields = {k: v for k, v in arguments.items() if k not in ("self", "__class__", "conditioning")}
+    for name in ("num_images_per_prompt", "num_videos_per_prompt"):
+        if name in fields:
+            fields["per_prompt"] = fields.pop(name)
+    return cls(**fields, **arguments.get("conditioning", {}))
+
+
 def _check_int(value, name: str, minimum: int | None) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise ValueError(f"{name} must be an integer, got {value!r}")

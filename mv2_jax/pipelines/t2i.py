@@ -17,7 +17,7 @@ import numpy as np
 
 from mv2_jax.pipelines.base import LatentDiffusionPipeline
 from mv2_jax.pipelines.defaults import STAGE_DEFAULTS
-from mv2_jax.pipelines.request import Prepared, SamplingRequest, check_unit_interval
+from mv2_jax.pipelines.request import Prepared, SamplingRequest, check_unit_interval, from_arguments
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -71,29 +71,7 @@ class TextToImagePipeline(LatentDiffusionPipeline):
         """Images `[B,H,W,3]` in [0,1]. Given `image [B,H,W,3]` in [0,1] this is img2img /
         SDEdit: its latents (the VAE posterior mean) are noised to step `(1 − strength)·steps`
         and denoised from there; `latents` is then the unit noise added to them."""
-        return ImageRequest(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            guidance_rescale=guidance_rescale,
-            scheduler=scheduler,
-            height=height,
-            width=width,
-            num_frames=num_frames,
-            latents=latents,
-            seed=seed,
-            mesh=mesh,
-            per_prompt=num_images_per_prompt,
-            decode_chunk_size=decode_chunk_size,
-            vae_tile_size=vae_tile_size,
-            progress=progress,
-            image=image,
-            strength=strength,
-            original_size=original_size,
-            crops_coords_top_left=crops_coords_top_left,
-            target_size=target_size,
-        )
+        return from_arguments(ImageRequest, locals())
 
     def output_size(self, request: ImageRequest) -> tuple[int, int]:
         if request.image is not None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from mv2_jax.pipelines.base import LatentDiffusionPipeline
 from mv2_jax.pipelines.defaults import STAGE_DEFAULTS
-from mv2_jax.pipelines.request import SamplingRequest
+from mv2_jax.pipelines.request import SamplingRequest, from_arguments
 
 
 @dataclass
@@ -48,24 +48,7 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
         channels-last unit Gaussian noise `[B, F, h, w, C]` (scaled here by the scheduler's
         initial sigma, as diffusers does). The VAE decodes `decode_chunk_size` frames (× B) at
         a time, so long videos need memory for one chunk of full-size frames only."""
-        return SamplingRequest(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            guidance_rescale=guidance_rescale,
-            scheduler=scheduler,
-            height=height,
-            width=width,
-            num_frames=num_frames,
-            latents=latents,
-            seed=seed,
-            mesh=mesh,
-            per_prompt=num_videos_per_prompt,
-            decode_chunk_size=decode_chunk_size,
-            vae_tile_size=vae_tile_size,
-            progress=progress,
-        )
+        return from_arguments(SamplingRequest, locals())
 
     def frame_count(self, request: SamplingRequest) -> int:
         """The request's frames (default: `default_num_frames`), within what the motion

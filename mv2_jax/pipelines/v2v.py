@@ -30,7 +30,7 @@ from mv2_jax.media import to_uint8
 from mv2_jax.pipelines.base import prompt_count
 from mv2_jax.pipelines.defaults import DEFAULT_SDEDIT_STRENGTH, PAPER_V2V_SIZE, STAGE_DEFAULTS
 from mv2_jax.pipelines.i2v import ImageToVideoPipeline, ImageToVideoRequest
-from mv2_jax.pipelines.request import Prepared, check_unit_interval
+from mv2_jax.pipelines.request import Prepared, check_unit_interval, from_arguments
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -107,30 +107,7 @@ class VideoToVideoPipeline(ImageToVideoPipeline):
         B); `vae_tile_size`: VAE tiles of that many pixels (a multiple of 32 for an 8× VAE,
         0.25 overlap) or None for whole frames. `latents`: unit noise
         `[B, F, h, w, latent channels]`."""
-        return VideoUpscaleRequest(
-            video=video,
-            image=image,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            guidance_rescale=guidance_rescale,
-            scheduler=scheduler,
-            height=height,
-            width=width,
-            num_frames=num_frames,
-            latents=latents,
-            seed=seed,
-            mesh=mesh,
-            per_prompt=num_videos_per_prompt,
-            decode_chunk_size=decode_chunk_size,
-            vae_tile_size=vae_tile_size,
-            progress=progress,
-            noise_level=noise_level,
-            strength=strength,
-            noise_prior=noise_prior,
-            **conditioning,
-        )
+        return from_arguments(VideoUpscaleRequest, locals())
 
     def prepare(self, request: VideoUpscaleRequest) -> Prepared:
         """The low-res frames read and checked against the model and the target size; then
