@@ -221,12 +221,14 @@ def default_compilation_cache() -> Path:
 
 def use_compilation_cache(folder: str | None, min_compile_seconds: float = 0.5) -> None:
     """jax's persistent compilation cache in `folder` (None or 'none': off), for every program
-    that took ≥ `min_compile_seconds` to compile, and the pipelines' exported programs in its
-    `exported/` (so that a warm run neither traces nor lowers them; `ProgramStore`). Once per
-    process: jax reads it at the first compile."""
+    that took ≥ `min_compile_seconds` to compile, the pipelines' exported programs in its
+    `exported/` (so that a warm run neither traces nor lowers them; `ProgramStore`) and the
+    models' param shapes in `param_shapes/` (`shape_cache`). Once per process: jax reads it at
+    the first compile."""
     import jax
 
     from mv2_jax.pipelines.program_store import use_program_store
+    from mv2_jax.weights.shape_cache import use_shape_cache
 
     if not folder or folder.lower() == "none":
         return
@@ -234,6 +236,7 @@ def use_compilation_cache(folder: str | None, min_compile_seconds: float = 0.5) 
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
     use_program_store(Path(folder) / "exported")
+    use_shape_cache(Path(folder) / "param_shapes")
 
 
 # -------------------------------------------------------------------------------- checks

@@ -61,10 +61,16 @@ def family_of(module: nn.Module) -> Family:
 
 
 def param_shapes(module: nn.Module, family: Family) -> dict:
-    """The param tree of `module` as `jax.ShapeDtypeStruct`s (nothing is computed)."""
-    args, kwargs = family.example_inputs(module)
-    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))
-    return nn.meta.unbox(variables["params"])
+    """The param tree of `module` as `jax.ShapeDtypeStruct`s (nothing is computed; kept on
+    disk between runs where a shape cache is set, `mv2_jax.weights.shape_cache`)."""
+    from mv2_jax.weights.shape_cache import cached_shapes
+
+    def trace() -> dict:
+        args, kwargs = family.example_inputs(module)
+        variables = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))
+        return nn.meta.unbox(variables["params"])
+
+    return cached_shapes(module, trace)
 
 
 # Modules under mv2_jax.weights whose import registers their families.

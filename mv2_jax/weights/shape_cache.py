@@ -1,0 +1,90 @@
+"""Param shapes kept on disk between runs: `registry.param_shapes` traces a model's `init`
+(`jax.eval_shape`) to learn the param tree a checkpoint must fill, about half of loading a small
+model. With a cache folder set (`use_shape_cache`; the command lines set one beside the
+compilation cache), the tree is stored as JSON under a digest of the model's class and
+configuration (`repr` of the linen module, dtypes included), the flax and jax versions and the
+source of `mv2_jax/models/`, and read back instead of traced. Library code sets no folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import flax
+import jax
+import jax.numpy as jnp
+
+_folder: Path | None = None
+
+
+def use_shape_cache(folder: str | os.PathLike | None) -> None:
+    """Keep param shapes in `folder` (None: stop)."""
+    global _folder
+    _folder = None if folder is None else Path(folder)
+
+
+def cached_shapes(module, trace: Callable[[], dict]) -> dict:
+    """`trace()` (the param tree of `module` as `jax.ShapeDtypeStruct`s), or its stored copy."""
+    if _folder is None:
+        return trace()
+    path = _folder / f"{_digest(module)}.json"
+    try:
+        return _unflatten(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        shapes = trace()
+    _write(path, json.dumps(_flatten(shapes)))
+    return shapes
+
+
+def _digest(module) -> str:
+    identity = (type(module).__name__, repr(module), flax.__version__, jax.__version__)
+    return hashlib.sha256(repr((identity, _models_source())).encode()).hexdigest()[:32]
+
+
+@functools.cache
+def _models_source() -> str:
+    """A digest of the model code: a change there may change the params of the same config."""
+    models = Path(__file__).resolve().parent.parent / "models"
+    digest = hashlib.sha256()
+    for file in sorted(models.glob("*.py")):
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _flatten(tree: dict, prefix: tuple = ()) -> list:
+    out = []
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            out += _flatten(value, (*prefix, name))
+        else:
+            out.append([[*prefix, name], list(value.shape), jnp.dtype(value.dtype).name])
+    return out
+
+
+def _unflatten(rows: list) -> dict:
+    tree: dict = {}
+    for path, shape, dtype in rows:
+        node = tree
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+        node[path[-1]] = jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype))
+    return tree
+
+
+def _write(path: Path, text: str) -> None:
+    """All or nothing (a temporary file renamed into place); a folder that cannot be written
+    only means the next run traces again."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except OSError:
+        pass
