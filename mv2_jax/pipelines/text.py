@@ -4,6 +4,7 @@ encoders, penultimate hidden states concatenated, pooled `text_embeds` of the se
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -52,16 +53,20 @@ class TextEncoder:
 
     def __post_init__(self):
         self._encode = jax.jit(partial(self.module.apply, output_hidden_states=True))
+        # A Rust-backed tokenizer sets its padding and truncation on each call, which two
+        # threads at once must not do ("Already borrowed"); pipelines serve several threads.
+        self._tokenizing = threading.Lock()
 
     def token_ids(self, prompts: Sequence[str], length: int | None = None) -> np.ndarray:
         length = length or self.tokenizer.model_max_length
-        tokens = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=length,
-            truncation=True,
-            return_tensors="np",
-        )
+        with self._tokenizing:
+            tokens = self.tokenizer(
+                list(prompts),
+                padding="max_length",
+                max_length=length,
+                truncation=True,
+                return_tensors="np",
+            )
         return np.asarray(tokens["input_ids"], np.int32)
 
     def __call__(self, prompts: Sequence[str]):
