@@ -33,10 +33,8 @@ def random_folders() -> tuple[Path, Path]:
 
     folders = CACHE / "cascade_t2i", CACHE / "cascade_i2v"
     for folder, model in zip(folders, (tiny_image_model(), tiny_video_model())):
-        if not (folder / "model_index.json").exists():
-            partial = folder.with_name(folder.name + ".partial")
-            write_random_pipeline(model, partial, seed=0)
-            partial.rename(folder)
+        if not folder.exists():  # written whole or not at all
+            write_random_pipeline(model, folder, seed=0)
     return folders
 
 

@@ -36,7 +36,7 @@ import importlib
 import re
 import shutil
 import zlib
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,6 +50,7 @@ from flax import traverse_util
 from mv2_jax.models.clip import CLIPTextModelWithProjection
 from mv2_jax.models.clip_vision import CLIP_MEAN, CLIP_STD, CLIPVisionModelWithProjection
 from mv2_jax.pipelines.text import load_tokenizer
+from mv2_jax.training.config_data import data_iterator
 from mv2_jax.training.stage import FreshModelStage, dtype_of
 
 MAX_LOGIT_SCALE = float(np.log(100.0))  # CLIP caps the temperature at 1/100
@@ -60,8 +61,9 @@ MAX_LOGIT_SCALE = float(np.log(100.0))  # CLIP caps the temperature at 1/100
 
 def tokenizer_folder(settings, workdir: Path) -> Path:
     """The run's tokenizer folder: `clip.tokenizer`, else `workdir/tokenizer`, written by
-    `write_bpe_tokenizer` if it is missing."""
+    `write_bpe_tokenizer` if it is missing (by process 0, once: `written_once`)."""
     from mv2_jax.training.tokenizer import write_bpe_tokenizer
+    from mv2_jax.weights.new_folder import written_once
 
     if settings.tokenizer:
         folder = Path(settings.tokenizer)
@@ -71,14 +73,10 @@ def tokenizer_folder(settings, workdir: Path) -> Path:
                 "or '' to build the project's tokenizer)"
             )
         return folder
-    base = Path(workdir)
-    folder = base / "tokenizer"
-    if not (folder / "vocab.json").is_file():
-        partial = base / "tokenizer.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        write_bpe_tokenizer(partial, settings.max_length, settings.num_merges)
-        partial.rename(folder)
-    return folder
+    return written_once(
+        Path(workdir) / "tokenizer",
+        lambda out: write_bpe_tokenizer(out, settings.max_length, settings.num_merges),
+    )
 
 
 def text_config(settings, tokenizer) -> dict[str, Any]:
@@ -258,18 +256,15 @@ def init_params(shapes: dict, seed: int, temperature: float) -> dict:
     return traverse_util.unflatten_dict(out)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ContrastiveStage(FreshModelStage):
-    needs_pipeline: ClassVar[bool] = False  # builds its models from the config
+    uses_config_data: ClassVar[bool] = True  # the captioned clips of config.data
 
     text: CLIPTextModelWithProjection
     vision: CLIPVisionModelWithProjection
     tokenizer: Any
     labeller: Callable[[str], Hashable]
-    param_dtype: Any
     settings: Any  # the config's `clip` section
-    seed: int
-    consts: dict
 
     @classmethod
     def from_config(cls, config, pipeline: Path | None, mesh, workdir=None) -> ContrastiveStage:
@@ -297,7 +292,6 @@ class ContrastiveStage(FreshModelStage):
             param_dtype=params,
             settings=s,
             seed=config.seed,
-            consts={},
         )
 
     # ---- the params that train
@@ -323,6 +317,10 @@ class ContrastiveStage(FreshModelStage):
         return jax.device_put(params, shardings)
 
     # ---- host side
+
+    def make_data_iterator(self, config) -> Iterator[dict]:
+        """The batches of the run's `config.data`."""
+        return data_iterator(config)
 
     def token_ids(self, captions) -> np.ndarray:
         """`[B, L]` int32 token ids, padded to the tokenizer's `model_max_length`."""

@@ -60,7 +60,6 @@ class ImageToVideoStage(LatentDiffusionStage):
     unet_folder: Path
     motion_adapter: Path | dict | None  # merged into an SD UNet on load (dict: new modules)
     controlnet_folder: Path | None  # None: the ControlNet starts from the UNet's weights
-    seed: int
 
     @classmethod
     def from_config(cls, config, pipeline: Path, mesh, workdir=None, **fields) -> ImageToVideoStage:
@@ -83,8 +82,7 @@ class ImageToVideoStage(LatentDiffusionStage):
         backbone = cls.conditioning_backbone(denoiser)
         controlnet, controlnet_folder = None, None
         if config.i2v.controlnet:
-            if config.i2v.controlnet_from:
-                controlnet_folder = Path(config.i2v.controlnet_from)
+            controlnet_folder = cls.controlnet_source(config, pipeline)
             controlnet = sparse_controlnet(backbone, controlnet_folder)
         stage = cls.from_pipeline(
             config,
@@ -96,7 +94,6 @@ class ImageToVideoStage(LatentDiffusionStage):
             unet_folder=unet_folder,
             motion_adapter=adapter,
             controlnet_folder=controlnet_folder,
-            seed=config.seed,
             **fields,
         )
         if stage.sdxl:
@@ -109,6 +106,12 @@ class ImageToVideoStage(LatentDiffusionStage):
     def unet_module(cls, config, unet_config: dict, where: str) -> Any:
         """The motion UNet that trains, from its folder's (merged) config."""
         return build_module(unet_config, dtype_of(config.param_dtype), where=where)[0]
+
+    @classmethod
+    def controlnet_source(cls, config, pipeline: Path) -> Path | None:
+        """The ControlNet folder to start from: `i2v.controlnet_from`, else None (made from the
+        UNet)."""
+        return Path(config.i2v.controlnet_from) if config.i2v.controlnet_from else None
 
     @staticmethod
     def conditioning_backbone(denoiser: UNetMotionModel) -> UNetMotionModel:

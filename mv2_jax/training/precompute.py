@@ -20,7 +20,8 @@ from mv2_jax.parallel.mesh import make_mesh
 
 def precompute(config, workdir: str | Path, out_dir: str | Path, num_examples: int) -> Path:
     from mv2_jax.data import precompute_dataset
-    from mv2_jax.training.trainer import check_config, data_iterator, model_folder, stage_class
+    from mv2_jax.training.config_data import data_iterator
+    from mv2_jax.training.trainer import check_config, model_folder, stage_class
 
     if jax.process_count() != 1:
         raise ValueError("precompute in one process: the dataset holds the whole global order")

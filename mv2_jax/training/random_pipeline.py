@@ -2,7 +2,8 @@
 component's diffusers / transformers config, this writes the same folder layout that
 `convert/to_flax.py` writes (model_index.json, orbax params per component, tokenizer,
 scheduler), so training from scratch and fine-tuning converted weights share one code path, and
-the result loads with `mv2_jax.load_pipeline`.
+the result loads with `mv2_jax.load_pipeline`. The params are written by the calling process
+alone (`save_params`), so process 0 of a multi-process run can write the folder by itself.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from flax import linen as nn
 
 from mv2_jax.weights.convert import write_component
 from mv2_jax.weights.load import build_module, read_config
+from mv2_jax.weights.new_folder import check_new_folder, new_folder
 
 # Lower-case text is all CLIP's tokenizer passes on; every character is a token on its own
 # (mid-word) and with the end-of-word mark, so no merges are needed.
@@ -29,18 +31,19 @@ _CHARACTERS = string.ascii_lowercase + string.digits + string.punctuation
 def write_char_tokenizer(folder: Path, max_length: int = 77) -> Path:
     """A character-level CLIP tokenizer (vocab.json, empty merges.txt, tokenizer_config.json):
     transformers' `CLIPTokenizer` reads it like any CLIP vocabulary. Vocabulary size
-    `char_vocab_size()`; characters outside it become `<|endoftext|>` (CLIP's unknown)."""
+    `char_vocab_size()`; characters outside it become `<|endoftext|>` (CLIP's unknown).
+    `folder` must not exist; it appears whole or not at all (`new_folder`)."""
     from transformers import CLIPTokenizer
 
-    folder.mkdir(parents=True, exist_ok=True)
     vocab = ["<|startoftext|>", "<|endoftext|>", *_CHARACTERS, *(c + "</w>" for c in _CHARACTERS)]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(
-        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length
-    )
-    tokenizer.save_pretrained(str(folder))
-    return folder
+    with new_folder(folder, "write the tokenizer") as partial:
+        (partial / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+        (partial / "merges.txt").write_text("#version: 0.2\n")
+        tokenizer = CLIPTokenizer(
+            str(partial / "vocab.json"), str(partial / "merges.txt"), model_max_length=max_length
+        )
+        tokenizer.save_pretrained(str(partial))
+    return Path(folder)
 
 
 def char_vocab_size() -> int:
@@ -61,12 +64,9 @@ def write_random_pipeline(model: Mapping[str, Any], folder: Path, seed: int) -> 
     `text_encoder` (configs with `_class_name` / `architectures`: random weights from `seed`;
     or the path of a trained component folder, copied as it is), `scheduler` (a
     `scheduler_config.json` dict) and `tokenizer` (a tokenizer folder; default: a character
-    tokenizer). With a `UNetMotionModel` unet it is an `AnimateDiffPipeline` (same layout)."""
-    folder = Path(folder)
-    unet = model["unet"]
-    video = not isinstance(unet, str) and unet.get("_class_name") == "UNetMotionModel"
-    pipeline_class = "AnimateDiffPipeline" if video else "StableDiffusionPipeline"
-    index = {"_class_name": pipeline_class, "_diffusers_version": "0.42.1"}
+    tokenizer). With a `UNetMotionModel` unet it is an `AnimateDiffPipeline` (same layout).
+    `folder` must not exist; it appears complete or not at all (`new_folder`)."""
+    folder = check_new_folder(folder, "write the random pipeline")
     names = ("unet", "vae", "text_encoder")
     for name in (*names, "tokenizer"):  # before minutes of random init
         if isinstance(model.get(name), str) and not Path(model[name]).is_dir():
@@ -74,7 +74,17 @@ def write_random_pipeline(model: Mapping[str, Any], folder: Path, seed: int) -> 
                 f"config.model.init.{name}={model[name]!r}: no such folder (a component folder "
                 "written by `python -m mv2_jax.training.export`, or a component config dict)"
             )
-    for offset, name in enumerate(names):
+    with new_folder(folder, "write the random pipeline") as partial:
+        _write_pipeline(model, partial, seed)
+    return folder
+
+
+def _write_pipeline(model: Mapping[str, Any], folder: Path, seed: int) -> None:
+    unet = model["unet"]
+    video = not isinstance(unet, str) and unet.get("_class_name") == "UNetMotionModel"
+    pipeline_class = "AnimateDiffPipeline" if video else "StableDiffusionPipeline"
+    index = {"_class_name": pipeline_class, "_diffusers_version": "0.42.1"}
+    for offset, name in enumerate(("unet", "vae", "text_encoder")):
         if isinstance(model[name], str):
             config = _copy_folder(Path(model[name]), folder / name, name)
         else:
@@ -92,7 +102,6 @@ def write_random_pipeline(model: Mapping[str, Any], folder: Path, seed: int) -> 
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
     index["scheduler"] = ["diffusers", scheduler["_class_name"]]
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-    return folder
 
 
 def _copy_folder(src: Path, dst: Path, name: str) -> dict:

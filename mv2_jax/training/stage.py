@@ -1,21 +1,19 @@
-"""What every latent-diffusion stage of the trainer shares: the frozen VAE and text encoders of a
-pipeline folder, tokenising on the host, caption dropout, and the denoising loss. A stage
-(`t2i.py`, `i2v.py`) adds the model that trains and how it predicts.
+"""The bases of the trainer's stages. `BaseStage` holds what every stage has; `FreshModelStage`
+is the base of the stages whose small models start fresh from the config (vae, clip, vfi);
+`LatentDiffusionStage` the base of those that start from a pipeline folder (t2i, i2v, v2v): the
+frozen VAE and text encoders, tokenising on the host, caption dropout, and the denoising loss.
 
-The generic trainer (`mv2_jax.training.trainer`) asks a stage for `param_shapes()`,
-`param_shardings(mesh, rules)`, `load_params(shardings)` (the params that train, frozen parts
-included), `trainable_patterns(globs)`, `consts` (frozen arrays the loss reads), `prepare(batch)`
-(the data pipeline's numpy batch → arrays) and `loss(params, consts, batch, keys)`.
+What the trainer asks of a stage is `mv2_jax.training.stage_contract.TrainingStage`; every
+attribute is set when a stage is constructed (`from_config`), none filled in afterwards.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +25,7 @@ from mv2_jax.parallel.sharding import module_shardings_for
 from mv2_jax.pipelines.loading import read_model_index
 from mv2_jax.pipelines.text import load_tokenizer, prompt_embeddings
 from mv2_jax.training import losses
+from mv2_jax.training.config_data import data_iterator
 from mv2_jax.weights.load import load_component
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -50,22 +49,41 @@ def module_param_shapes(module) -> dict:
     return param_shapes(module, family_of(module))
 
 
-class FreshModelStage:
+@dataclass(kw_only=True)
+class BaseStage:
+    """What every stage holds, given as keywords at construction."""
+
+    param_dtype: Any  # storage dtype of the params that train
+    seed: int  # config.seed: fresh params and new layers are drawn from it
+    consts: dict = field(default_factory=dict)  # frozen arrays the loss reads
+
+    def trainable_patterns(self, patterns) -> tuple[str, ...]:
+        """The `config.trainable` globs this stage uses: all of them."""
+        return tuple(patterns)
+
+
+@dataclass(kw_only=True)
+class FreshModelStage(BaseStage):
     """The params of a stage whose small models are built from the config and start fresh
     (the VAE, CLIP and VFI stages): the stage writes `_init(key)` (the whole param tree of a
-    key) and has `seed` and `param_dtype`; params are replicated (the models are small; the
-    batch is what spreads over the devices)."""
+    key); params are replicated (the models are small; the batch is what spreads over the
+    devices). Each such stage says itself where its data comes from (`uses_config_data`)."""
+
+    needs_pipeline: ClassVar[bool] = False
+    shapes: dict = field(init=False, repr=False)  # the param tree, traced once at construction
+
+    def __post_init__(self) -> None:
+        # The trainer asks for the shapes more than once; tracing `_init` takes seconds.
+        traced = jax.eval_shape(self._init, jax.random.key(0, impl="rbg"))
+        self.shapes = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, self.param_dtype), traced
+        )
 
     def _init(self, key: jax.Array) -> dict:
         raise NotImplementedError
 
-    @functools.cached_property
-    def _shapes(self) -> dict:  # the trainer asks more than once; tracing takes seconds
-        shapes = jax.eval_shape(self._init, jax.random.key(0, impl="rbg"))
-        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, self.param_dtype), shapes)
-
     def param_shapes(self) -> dict:
-        return self._shapes
+        return self.shapes
 
     def param_shardings(self, mesh, rules) -> dict:
         replicated = NamedSharding(mesh, PartitionSpec())
@@ -78,17 +96,43 @@ class FreshModelStage:
         params = jax.jit(self._init, out_shardings=shardings)(key)
         return jax.tree.map(lambda p: p.astype(self.param_dtype), params)
 
-    def trainable_patterns(self, patterns) -> tuple[str, ...]:
-        return tuple(patterns)
+
+def caption_token_ids(tokenizers, captions) -> np.ndarray:
+    """`[B, n_encoders, L]` int32 token ids of the captions, for every tokenizer."""
+    ids = []
+    for tokenizer in tokenizers:
+        tokens = tokenizer(
+            [str(c) for c in captions],
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="np",
+        )
+        ids.append(np.asarray(tokens["input_ids"], np.int32))
+    return np.stack(ids, axis=1)
+
+
+def encode_token_ids(text_encoders, text_params, ids):
+    """Token ids `[B, n_encoders, L]` → (context `[B,L,D]`, pooled `[B,P]` or None)."""
+    outputs = [
+        module.apply({"params": p}, ids[:, i], output_hidden_states=True)
+        for i, (module, p) in enumerate(zip(text_encoders, text_params))
+    ]
+    return prompt_embeddings(outputs)
 
 
 @dataclass
-class LatentDiffusionStage:
-    param_dtype: Any
+class LatentDiffusionStage(BaseStage):
+    """A stage that denoises in the latent space of a pipeline folder's VAE, conditioned on its
+    text encoders (both frozen; their params and ᾱ, the empty prompt's token ids and embeddings
+    are the `consts`), trained on `config.data`. A subclass adds the model that trains."""
+
+    needs_pipeline: ClassVar[bool] = True
+    uses_config_data: ClassVar[bool] = True
+
     vae: Any
     text_encoders: tuple
     tokenizers: tuple
-    consts: dict  # vae / text params, ᾱ, the empty prompt's token ids and embeddings
     prediction_type: str
     diffusion: Any  # the config's `diffusion` section
     sdxl: bool
@@ -105,6 +149,8 @@ class LatentDiffusionStage:
         encoders = [
             load_component(pipeline / f"text_encoder{s}", shardings=replicated) for s in suffixes
         ]
+        text_encoders = tuple(module for module, _ in encoders)
+        text_params = tuple(params for _, params in encoders)
         vae, vae_params = load_component(pipeline / "vae", shardings=replicated)
         scheduler = make_scheduler(
             json.loads((pipeline / "scheduler" / "scheduler_config.json").read_text()), "ddpm"
@@ -115,32 +161,35 @@ class LatentDiffusionStage:
                 f"diffusion.prediction_type={prediction_type!r}; "
                 f"choose one of {losses.PREDICTION_TYPES} (or '' for the scheduler's)"
             )
-        stage = cls(
+        empty_ids = jnp.asarray(caption_token_ids(tokenizers, [""])[0])
+        # The empty prompt's embeddings, for caption dropout on precomputed embeddings: once
+        # here rather than a text-encoder pass in every step.
+        empty_context, empty_pooled = encode_token_ids(text_encoders, text_params, empty_ids[None])
+        consts = {
+            "vae": vae_params,
+            "text": text_params,
+            "alphas_cumprod": jnp.asarray(scheduler.train_alphas_cumprod()),
+            "empty_ids": empty_ids,
+            "empty_context": empty_context,
+        }
+        if empty_pooled is not None:
+            consts["empty_pooled"] = empty_pooled
+        return cls(
             param_dtype=dtype_of(config.param_dtype),
+            seed=config.seed,
+            consts=consts,
             vae=vae,
-            text_encoders=tuple(module for module, _ in encoders),
+            text_encoders=text_encoders,
             tokenizers=tokenizers,
-            consts={},
             prediction_type=prediction_type,
             diffusion=config.diffusion,
             sdxl=sdxl,
             **fields,
         )
-        stage.consts = {
-            "vae": vae_params,
-            "text": tuple(params for _, params in encoders),
-            "alphas_cumprod": jnp.asarray(scheduler.train_alphas_cumprod()),
-            "empty_ids": jnp.asarray(stage.token_ids([""])[0]),
-        }
-        # The empty prompt's embeddings, for caption dropout on precomputed embeddings: once
-        # here rather than a text-encoder pass in every step.
-        empty_context, empty_pooled = stage.encode_text(
-            stage.consts["text"], stage.consts["empty_ids"][None]
-        )
-        stage.consts["empty_context"] = empty_context
-        if empty_pooled is not None:
-            stage.consts["empty_pooled"] = empty_pooled
-        return stage
+
+    def make_data_iterator(self, config) -> Iterator[dict]:
+        """The batches of the run's `config.data`."""
+        return data_iterator(config)
 
     # ---- the params that train (a single denoiser here; stages with more override these)
 
@@ -150,25 +199,11 @@ class LatentDiffusionStage:
     def param_shardings(self, mesh, rules) -> dict:
         return module_shardings_for(self.denoiser, mesh, rules)
 
-    def trainable_patterns(self, patterns) -> tuple[str, ...]:
-        """The `config.trainable` globs this stage uses."""
-        return tuple(patterns)
-
     # ---- host side
 
     def token_ids(self, captions) -> np.ndarray:
         """`[B, n_encoders, L]` int32 token ids of the captions, for every text encoder."""
-        ids = []
-        for tokenizer in self.tokenizers:
-            tokens = tokenizer(
-                [str(c) for c in captions],
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="np",
-            )
-            ids.append(np.asarray(tokens["input_ids"], np.int32))
-        return np.stack(ids, axis=1)
+        return caption_token_ids(self.tokenizers, captions)
 
     def prepare_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """The data pipeline's `[B,F,H,W,3]` pixels → what this stage's loss takes."""
@@ -193,11 +228,7 @@ class LatentDiffusionStage:
 
     def encode_text(self, text_params, ids):
         """Token ids `[B, n_encoders, L]` → (context `[B,L,D]`, pooled `[B,P]` or None)."""
-        outputs = [
-            module.apply({"params": p}, ids[:, i], output_hidden_states=True)
-            for i, (module, p) in enumerate(zip(self.text_encoders, text_params))
-        ]
-        return prompt_embeddings(outputs)
+        return encode_token_ids(self.text_encoders, text_params, ids)
 
     def encode_pixels(self, vae_params, pixels, keys):
         """Pixels `[B,H,W,3]` or `[B,F,H,W,3]` in [-1, 1] → a sample of q(z|x) per example key

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from mv2_jax.training.tokenizer_words import common_words
+from mv2_jax.weights.new_folder import check_new_folder, new_folder
 
 START, END = "<|startoftext|>", "<|endoftext|>"
 END_OF_WORD = "</w>"
@@ -183,23 +184,24 @@ def write_bpe_tokenizer(
     …) that `transformers.CLIPTokenizer.from_pretrained(folder)` and
     `mv2_jax.pipelines.text.load_tokenizer` read; `max_length` is its `model_max_length`.
     `texts` is the corpus the merges are learned from (default: `training_corpus()`, and then
-    every world word is checked to be one token)."""
+    every world word is checked to be one token). `folder` must not exist; it appears whole or
+    not at all (`new_folder`)."""
     from transformers import CLIPTokenizer
 
-    folder = Path(folder)
+    folder = check_new_folder(folder, "write the tokenizer")
     merges = learn_merges(training_corpus() if texts is None else texts, num_merges)
     vocab = clip_vocabulary(merges)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=0))
-    (folder / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n")
-    tokenizer = CLIPTokenizer(
-        vocab=str(folder / "vocab.json"),
-        merges=str(folder / "merges.txt"),
-        model_max_length=max_length,
-    )
-    if texts is None:
-        check_single_tokens(tokenizer, world_words())
-    tokenizer.save_pretrained(str(folder))
+    with new_folder(folder, "write the tokenizer") as partial:
+        (partial / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=0))
+        (partial / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n")
+        tokenizer = CLIPTokenizer(
+            vocab=str(partial / "vocab.json"),
+            merges=str(partial / "merges.txt"),
+            model_max_length=max_length,
+        )
+        if texts is None:
+            check_single_tokens(tokenizer, world_words())
+        tokenizer.save_pretrained(str(partial))
     return folder
 
 

@@ -11,26 +11,25 @@ import math
 from pathlib import Path
 
 import jax
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from mv2_jax.parallel.mesh import make_mesh
 from mv2_jax.parallel.sharding import batch_sharding
 from mv2_jax.training import checkpoint
+from mv2_jax.training.config_data import check_data_config
 from mv2_jax.training.metrics import MetricsWriter, step_flops
 from mv2_jax.training.optim import learning_rate_schedule, make_optimizer, trainable_paths
 from mv2_jax.training.random_pipeline import write_random_pipeline
+from mv2_jax.training.stage_contract import TrainingStage, check_stage_class
 from mv2_jax.training.state import TrainState, create_state, init_state_on_mesh, state_shardings
 from mv2_jax.training.step import make_train_step
+from mv2_jax.weights.new_folder import written_once
 
 log = logging.getLogger(__name__)
 
-# config.stage → its class, imported when a run asks for it. A stage class has
-# `from_config(config, pipeline_folder_or_None, mesh, workdir=None)` (workdir: the run's folder,
-# for files a stage keeps there) and the methods listed in mv2_jax/training/stage.py;
-# `needs_pipeline = False` if it builds its model from the config, and
-# `make_data_iterator(config)` if it makes its own data instead of reading config.data.
+# config.stage → its class, imported when a run asks for it. Each class has every member of
+# `mv2_jax.training.stage_contract.TrainingStage`, checked when the run starts.
 STAGES = {
     "t2i": "mv2_jax.training.t2i:TextToImageStage",
     "i2v": "mv2_jax.training.i2v:ImageToVideoStage",
@@ -41,12 +40,12 @@ STAGES = {
 }
 
 
-def stage_class(name: str):
-    """The class of stage `name` (see STAGES)."""
+def stage_class(name: str) -> type[TrainingStage]:
+    """The class of stage `name` (see STAGES), checked to have every member of `TrainingStage`."""
     if name not in STAGES:
         raise ValueError(f"config.stage={name!r}; choose one of {sorted(STAGES)}")
     module, cls = STAGES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return check_stage_class(getattr(importlib.import_module(module), cls), name)
 
 
 def check_config(config) -> None:
@@ -58,32 +57,21 @@ def check_config(config) -> None:
             f"batch_size={config.batch_size} must be divisible by processes × grad_accum_steps "
             f"= {jax.process_count()} × {config.grad_accum_steps}"
         )
-    if uses_pipeline(config) and not (config.model.pipeline or config.model.init):
+    if cls.needs_pipeline and not (config.model.pipeline or config.model.init):
         raise ValueError("set config.model.pipeline (a pipeline folder) or config.model.init")
-    if uses_pipeline(config) and config.model.pipeline and not Path(config.model.pipeline).is_dir():
+    if cls.needs_pipeline and config.model.pipeline and not Path(config.model.pipeline).is_dir():
         raise FileNotFoundError(
             f"config.model.pipeline={config.model.pipeline!r}: no such folder (a diffusers "
             "pipeline folder, or one written by convert/to_flax.py)"
         )
-    d = config.data
-    if hasattr(cls, "make_data_iterator"):
-        return  # the stage makes its own data
-    if d.precomputed_image_dir and not d.precomputed_dir:
-        raise ValueError(
-            "config.data.precomputed_image_dir mixes images into config.data.precomputed_dir "
-            "(precomputed videos); set that too, or train from data.image_dir"
-        )
-    if not (d.video_dir or d.image_dir or d.precomputed_dir):
-        raise ValueError(
-            "no training data: set config.data.image_dir, video_dir or precomputed_dir "
-            "(build one with `python -m mv2_jax.data.build --help`)"
-        )
+    if cls.uses_config_data:
+        check_data_config(config)
 
 
 def uses_pipeline(config) -> bool:
     """Whether the stage starts from a pipeline folder (the latent diffusion stages), rather
     than building its model from the config (vfi, vae, clip)."""
-    return getattr(stage_class(config.stage), "needs_pipeline", True)
+    return stage_class(config.stage).needs_pipeline
 
 
 def model_folder(config, workdir: Path) -> Path:
@@ -91,46 +79,9 @@ def model_folder(config, workdir: Path) -> Path:
     to WORKDIR/init_pipeline, where resumed runs and other processes find it."""
     if config.model.pipeline:
         return Path(config.model.pipeline)
-    folder = workdir / "init_pipeline"
-    if jax.process_index() == 0 and not (folder / "model_index.json").exists():
-        partial = workdir / "init_pipeline.partial"
-        write_random_pipeline(config.model.init.to_dict(), partial, config.seed)
-        partial.rename(folder)
-    multihost_utils.sync_global_devices("init_pipeline written")
-    return folder
-
-
-def data_iterator(config):
-    from mv2_jax.data import make_precomputed_iterator, make_train_iterator
-
-    d = config.data
-    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    if d.precomputed_dir:
-        return make_precomputed_iterator(
-            d.precomputed_dir,
-            global_batch_size=config.batch_size,
-            seed=config.seed,
-            image_data_dir=d.precomputed_image_dir or None,
-            image_ratio=d.image_ratio if d.precomputed_image_dir else 0.0,
-            **shard,
-        )
-    return make_train_iterator(
-        video_dir=d.video_dir or None,
-        image_dir=d.image_dir or None,
-        # The ratio only chooses between two sources; with one, every step uses it.
-        image_ratio=d.image_ratio if d.video_dir and d.image_dir else float(not d.video_dir),
-        global_batch_size=config.batch_size,
-        num_frames=d.num_frames,
-        height=d.height,
-        width=d.width,
-        frame_stride=d.frame_stride,
-        target_fps=d.target_fps or None,
-        random_crop=d.random_crop,
-        scale_to=d.scale_to,
-        seed=config.seed,
-        num_workers=d.num_workers,
-        prefetch=d.prefetch,
-        **shard,
+    init = config.model.init.to_dict()
+    return written_once(
+        workdir / "init_pipeline", lambda out: write_random_pipeline(init, out, config.seed)
     )
 
 
@@ -171,8 +122,7 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
     consts = jax.device_put(stage.consts, replicated)
 
     # ---- data and state: the newest checkpoint, else a fresh state from the pipeline's params
-    own_data = getattr(stage, "make_data_iterator", None)
-    iterator = own_data(config) if own_data else data_iterator(config)
+    iterator = stage.make_data_iterator(config)
     abstract_state = jax.eval_shape(
         lambda p: create_state(p, optimizer, paths, config.seed), abstract_params
     )

@@ -34,7 +34,6 @@ from mv2_jax.training.i2v import (
     ImageToVideoStage,
     motion_unet_config,
     motion_unet_source,
-    sparse_controlnet,
 )
 from mv2_jax.training.losses import per_example_noise
 from mv2_jax.training.stage import key_streams
@@ -101,17 +100,18 @@ class VideoToVideoStage(ImageToVideoStage):
             from_i2v=not is_v2v_unet_config(unet_config),
             appearance_folder=appearance if (appearance / "config.json").is_file() else None,
         )
-        folder = controlnet_folder_of(config, pipeline)
-        if stage.controlnet is not None and folder != stage.controlnet_folder:
-            log.info("the ControlNet starts from %s", folder)
-            stage.controlnet_folder = folder
-            stage.controlnet = sparse_controlnet(
-                stage.conditioning_backbone(stage.denoiser), folder
-            )
         stage.low_res_size(config.data.height, config.data.width)  # checks the sizes
         return stage
 
     # ---- the I2V backbone inside the V2V UNet (hooks of ImageToVideoStage)
+
+    @classmethod
+    def controlnet_source(cls, config, pipeline: Path) -> Path | None:
+        """`controlnet_folder_of`: the pipeline's own `controlnet/` when it has one."""
+        folder = controlnet_folder_of(config, pipeline)
+        if folder is not None and not config.i2v.controlnet_from:
+            log.info("the ControlNet starts from %s", folder)
+        return folder
 
     @classmethod
     def unet_module(cls, config, unet_config: dict, where: str) -> UNetMotionModel:

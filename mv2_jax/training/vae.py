@@ -22,6 +22,7 @@ Diffusion's 0.18215 was measured, so the diffusion stages see latents of unit va
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +34,7 @@ import numpy as np
 
 from mv2_jax.models.discriminator import PatchDiscriminator
 from mv2_jax.models.vae import AutoencoderKL
+from mv2_jax.training.config_data import data_iterator
 from mv2_jax.training.stage import FreshModelStage, dtype_of
 from mv2_jax.training.vfi_losses import hinge_discriminator, hinge_generator, psnr
 from mv2_jax.weights.torch_layout import DIFFUSERS_WEIGHTS, write_torch_layout_folder
@@ -45,17 +47,14 @@ def build_vae(model_config, dtype=jnp.float32, param_dtype=jnp.float32) -> Autoe
     return AutoencoderKL.from_config(dict(model_config), dtype=dtype, param_dtype=param_dtype)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AutoencoderStage(FreshModelStage):
-    needs_pipeline: ClassVar[bool] = False  # builds its model from config.vae.model
+    uses_config_data: ClassVar[bool] = True  # the frames of config.data
 
     vae: AutoencoderKL
     discriminator: PatchDiscriminator | None  # None: adv_weight = 0, no GAN term
-    param_dtype: Any
     settings: Any  # the config's `vae` section
     batch_size: int
-    seed: int
-    consts: dict
 
     @classmethod
     def from_config(cls, config, pipeline: Path | None, mesh, workdir=None) -> AutoencoderStage:
@@ -77,7 +76,14 @@ class AutoencoderStage(FreshModelStage):
             discriminator = PatchDiscriminator(
                 tuple(v.discriminator_channels), dtype=compute, param_dtype=params
             )
-        return cls(vae, discriminator, params, v, config.batch_size, config.seed, {})
+        return cls(
+            vae=vae,
+            discriminator=discriminator,
+            param_dtype=params,
+            settings=v,
+            batch_size=config.batch_size,
+            seed=config.seed,
+        )
 
     # ---- the params that train
 
@@ -98,6 +104,10 @@ class AutoencoderStage(FreshModelStage):
         return nn.meta.unbox(params)
 
     # ---- host side
+
+    def make_data_iterator(self, config) -> Iterator[dict]:
+        """The batches of the run's `config.data`."""
+        return data_iterator(config)
 
     def prepare(self, batch: dict) -> dict:
         """Pixels `[B,F,H,W,3]` as float32 (captions are not used); each example's global
@@ -197,8 +207,6 @@ def latent_std(vae: AutoencoderKL, params, batches) -> float:
 
 def data_batches(config, count: int) -> list[dict]:
     """The first `count` batches of the run's `config.data`, as the trainer reads them."""
-    from mv2_jax.training.trainer import data_iterator
-
     iterator = data_iterator(config)
     return [{"pixels": np.asarray(next(iterator)["pixels"], np.float32)} for _ in range(count)]
 

@@ -16,6 +16,7 @@ L_D = hinge_D on (frame0, frame_t, frame1) real vs (frame0, generated, frame1) f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,18 +32,15 @@ from mv2_jax.training import vfi_losses
 from mv2_jax.training.stage import FreshModelStage, dtype_of
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FrameInterpolationStage(FreshModelStage):
-    needs_pipeline: ClassVar[bool] = False  # builds its model from the config, makes its data
+    uses_config_data: ClassVar[bool] = False  # makes its clips (`make_data_iterator`)
 
     generator: FrameInterpolator
     discriminator: PatchDiscriminator
-    param_dtype: Any
     settings: Any  # the config's `vfi` section
     batch_size: int
     crop: int
-    seed: int
-    consts: dict
 
     @classmethod
     def from_config(
@@ -69,7 +67,6 @@ class FrameInterpolationStage(FreshModelStage):
             batch_size=config.batch_size,
             crop=crop,
             seed=config.seed,
-            consts={},
         )
 
     # ---- the params that train
@@ -90,7 +87,7 @@ class FrameInterpolationStage(FreshModelStage):
 
     # ---- data (host side)
 
-    def make_data_iterator(self, config):
+    def make_data_iterator(self, config) -> Iterator[dict]:
         """The stage's own endless, checkpointable stream of training triplets."""
         from mv2_jax.data.motion_clips import MotionClipSource, motion_clip_iterator
 

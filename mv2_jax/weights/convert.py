@@ -18,6 +18,7 @@ from flax import traverse_util
 
 from mv2_jax.weights.load import ORBAX_PARAMS_DIR, build_module, read_config
 from mv2_jax.weights.mapping import convert_state_dict
+from mv2_jax.weights.new_folder import new_folder
 from mv2_jax.weights.orbax_io import save_params
 from mv2_jax.weights.registry import family_for, param_shapes
 from mv2_jax.weights.safetensors_io import read_weights_folder
@@ -208,17 +209,22 @@ def convert_path(
         if out.resolve() in (src.resolve(), *src.resolve().parents):
             raise ValueError(f"{out}: would delete the input {src}; choose another --out")
         shutil.rmtree(out)
+    elif out.is_dir():
+        out.rmdir()  # an empty folder: taken as the place to write
     jdtype = DTYPES[dtype]
-    try:
+    with new_folder(out, "convert") as partial:  # no half-converted folder that looks complete
+
+        def log_final(line: str) -> None:  # name the folder as it will be
+            log(line.replace(str(partial), str(out)))
+
         if motion_adapter is not None:
             from mv2_jax.weights.animatediff import convert_with_motion_adapter
 
-            return convert_with_motion_adapter(src, motion_adapter, out, jdtype, log)
-        if src.is_file():
-            return convert_single_file(src, out, config, model_type, jdtype, log)
-        if (src / "model_index.json").exists():
-            return convert_pipeline_folder(src, out, jdtype, log)
-        return convert_component_folder(src, out, jdtype, log)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)  # no half-converted folder that looks complete
-        raise
+            convert_with_motion_adapter(src, motion_adapter, partial, jdtype, log_final)
+        elif src.is_file():
+            convert_single_file(src, partial, config, model_type, jdtype, log_final)
+        elif (src / "model_index.json").exists():
+            convert_pipeline_folder(src, partial, jdtype, log_final)
+        else:
+            convert_component_folder(src, partial, jdtype, log_final)
+    return out

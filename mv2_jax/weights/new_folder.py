@@ -1,12 +1,18 @@
-"""Writing a model folder all or nothing."""
+"""Writing a model folder all or nothing: every writer of a folder that others read (exports,
+conversions, the trainer's random-init pipeline, the clip stage's tokenizer) writes it through
+`new_folder`, so a folder that exists is complete; `written_once` adds the multi-process rule
+(process 0 writes, every process waits for it)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def check_new_folder(out: str | os.PathLike, action: str = "export") -> Path:
@@ -18,14 +24,46 @@ def check_new_folder(out: str | os.PathLike, action: str = "export") -> Path:
     return out
 
 
+def partial_folder(out: Path) -> Path:
+    """Where `new_folder` writes `out` until it is complete: `out.partial`."""
+    return out.with_name(out.name + ".partial")
+
+
 @contextlib.contextmanager
 def new_folder(out: str | os.PathLike, action: str = "export") -> Iterator[Path]:
-    """Yield an empty `out.partial` to write into; renamed to `out` when the block finishes, so
-    a crash leaves only the `.partial` folder (emptied by the next attempt). `out` must not exist
-    (`action` names the command in the error)."""
+    """Yield an empty `out.partial` to write into; renamed to `out` when the block finishes and
+    removed when it raises, so a crash (a killed process) leaves only the `.partial` folder,
+    which the next attempt removes with a warning. `out` must not exist (`action` names the
+    command in the error)."""
     out = check_new_folder(out, action)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = partial_folder(out)
+    if partial.exists():
+        log.warning("%s: removing what an interrupted write left; writing it again", partial)
+        shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    yield partial
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     partial.rename(out)
+
+
+def written_once(
+    out: str | os.PathLike, write: Callable[[Path], object], timeout_s: int = 3600
+) -> Path:
+    """`out`, made by `write(out)` (a writer that goes through `new_folder`) unless it exists
+    already: in a multi-process run by process 0 alone, every process returning once it is
+    there. The others wait at a barrier of the coordination service, not a device collective
+    (whose set-up times out after 30 s on CPU): a random init can take minutes; if process 0
+    fails, the service ends the others."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    out = Path(out)
+    if jax.process_index() == 0 and not out.exists():
+        write(out)
+    if jax.process_count() > 1:
+        barrier = ocp.multihost.get_barrier_sync_fn()
+        barrier(key=f"mv2_jax_written_{out.name}", timeout_ms=timeout_s * 1000)
+    return out

@@ -21,12 +21,21 @@ _REFIX = "re-create it with `python convert/to_flax.py`"
 
 def save_params(directory: str | os.PathLike, params: Mapping, *, force: bool = False) -> Path:
     """Write `params` (nested dicts of numpy or jax arrays, sharded ones too) to `directory`,
-    which must not exist unless `force`. Returns the absolute path; blocks until written."""
+    which must not exist unless `force`. Returns the absolute path; blocks until written.
+
+    This process writes it alone: no barrier with the other processes of a multi-process run
+    (orbax's default save is a collective that every process must enter), so one process may
+    write a model folder while the others wait for it. The params are gathered to this host
+    first (orbax writes host-local jax arrays in a single-process run only), so they must be
+    addressable here: numpy, or jax arrays on this process's devices."""
     directory = Path(directory).absolute()  # orbax wants absolute paths
     if directory.exists() and not force:
         raise FileExistsError(f"{directory}: already exists; delete it or pass force=True")
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory, dict(params), force=force)
+    this_process = ocp.options.MultiprocessingOptions(
+        primary_host=jax.process_index(), active_processes={jax.process_index()}
+    )
+    with ocp.StandardCheckpointer(multiprocessing_options=this_process) as checkpointer:
+        checkpointer.save(directory, jax.device_get(dict(params)), force=force)
         checkpointer.wait_until_finished()
     return directory
 

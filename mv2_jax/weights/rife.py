@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mv2_jax.weights.new_folder import check_new_folder, new_folder
 from mv2_jax.weights.vfi import WEIGHTS_STEM
 
 _FLOW_AND_MASK = 5  # channels of an IFBlock's output that RIFE v4 reads
@@ -98,12 +99,12 @@ def read_rife_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def convert_rife(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """RIFE v4.0–4.6 weights at `path` → a FrameInterpolator folder `out`, which
-    `mv2_jax.load_component` and `load_vfi_pipeline` read."""
+    `mv2_jax.load_component` and `load_vfi_pipeline` read; `out` must not exist."""
     from safetensors.numpy import save_file
 
+    out = check_new_folder(out, "convert")
     config, state = rife_to_vfi(read_rife_state_dict(path))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(state, str(out / f"{WEIGHTS_STEM}.safetensors"))
+    with new_folder(out, "convert") as partial:
+        (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file(state, str(partial / f"{WEIGHTS_STEM}.safetensors"))
     return out

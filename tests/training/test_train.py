@@ -123,8 +123,8 @@ def test_precomputed_latents_train(init_pipeline, image_data, video_data, tmp_pa
     them by image_ratio (the mixing itself: tests/data/test_precompute.py)."""
     from mv2_jax.data import make_train_iterator
     from mv2_jax.data.precompute import precompute_dataset
+    from mv2_jax.training.config_data import data_iterator
     from mv2_jax.training.precompute import precompute
-    from mv2_jax.training.trainer import data_iterator
 
     config = tiny_config(init_pipeline, image_data, total_steps=3, checkpoint_every=3)
     out = precompute(config, tmp_path / "w", tmp_path / "pre", num_examples=16)

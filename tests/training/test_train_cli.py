@@ -1,6 +1,7 @@
 """`train.py` as users run it, in subprocesses: --help, config errors, a run killed with
 SIGKILL and started again ending bit-identical to an uninterrupted one, and 2 processes × 4
-devices (gloo collectives on 127.0.0.1) ending where 1 process × 8 devices does."""
+devices (gloo collectives on 127.0.0.1) ending where 1 process × 8 devices does, from a written
+pipeline and from a random init that process 0 writes."""
 
 from __future__ import annotations
 
@@ -44,10 +45,12 @@ def env(tmp_path_factory):
 
 
 def command(workdir, pipeline, data, *extra) -> list[str]:
+    """train.py on configs/t2i.py:tiny from `pipeline` (None: the config's random init)."""
+    start = [f"--config.model.pipeline={pipeline}"] if pipeline else []
     return [
         sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/t2i.py:tiny"),
-        "--workdir", str(workdir), f"--config.model.pipeline={pipeline}",
-        f"--config.data.image_dir={data}", "--config.log_every=2", *extra,
+        "--workdir", str(workdir), *start, f"--config.data.image_dir={data}",
+        "--config.log_every=2", *extra,
     ]  # fmt: skip
 
 
@@ -113,20 +116,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one(env, tmp_path, init_pipeline, image_data):
-    args = ("--config.total_steps=2", "--config.checkpoint_every=2", "--config.mesh=data:-1")
-    one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run(command(one, init_pipeline, image_data, *args), env=env(8), check=True,
+TWO_STEPS = ("--config.total_steps=2", "--config.checkpoint_every=2", "--config.mesh=data:-1")
+
+
+@pytest.fixture(scope="module")
+def one_process_run(env, tmp_path_factory, init_pipeline, image_data) -> Path:
+    """The reference: 1 process × 8 devices, two steps from the written pipeline."""
+    one = tmp_path_factory.mktemp("one_process") / "run"
+    subprocess.run(command(one, init_pipeline, image_data, *TWO_STEPS), env=env(8), check=True,
                    capture_output=True)  # fmt: skip
+    return one
+
+
+@pytest.mark.parametrize("start", ["pipeline", "random init"])
+def test_two_processes_equal_one(env, tmp_path, init_pipeline, image_data, one_process_run, start):
+    """`random init`: no config.model.pipeline, so process 0 writes WORKDIR/init_pipeline (the
+    config's init at seed 0: the fixture's params) while process 1 waits for it; no collective
+    save may be made by one process alone (issue 18: a sync_global_devices name mismatch)."""
+    one, two = one_process_run, tmp_path / "two"
+    pipeline = init_pipeline if start == "pipeline" else None
     port = _free_port()
     distributed = (f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2")
     processes = [
         subprocess.Popen(
             command(
                 two,
-                init_pipeline,
+                pipeline,
                 image_data,
-                *args,
+                *TWO_STEPS,
                 *distributed,
                 f"--process_id={i}",
                 "--cpu_collectives=gloo",
@@ -141,5 +158,8 @@ def test_two_processes_equal_one(env, tmp_path, init_pipeline, image_data):
     for p in processes:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
+    if pipeline is None:
+        assert (two / "init_pipeline" / "model_index.json").is_file()
+        assert not (two / "init_pipeline.partial").exists()
     assert max_diff(restore_params(one), restore_params(two)) <= 1e-5
     assert max_diff(restore_params(one, ema=True), restore_params(two, ema=True)) <= 1e-5
