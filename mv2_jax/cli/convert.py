@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mv2_jax.weights.convert import DTYPES, convert_path
+from mv2_jax.dtypes import DTYPE_CHOICES
+from mv2_jax.weights.convert import convert_path
 from mv2_jax.weights.mapping import WeightMismatchError
 from mv2_jax.weights.safetensors_io import CheckpointFileError
 from mv2_jax.weights.single_file import MODEL_TYPES
@@ -42,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--dtype",
-        choices=sorted(DTYPES),
+        choices=DTYPE_CHOICES,
         default="fp32",
         help="precision the params are stored in (default fp32); load_component casts to the "
         "dtype it is asked for",

@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mv2_jax.diffusion.schedulers import make_scheduler
+from mv2_jax.dtypes import parse_dtype
 from mv2_jax.parallel.sharding import module_shardings_for
 from mv2_jax.pipelines.loading import read_model_index
 from mv2_jax.pipelines.text import load_tokenizer, prompt_embeddings
@@ -28,13 +29,10 @@ from mv2_jax.training import losses
 from mv2_jax.training.config_data import data_iterator
 from mv2_jax.weights.load import load_component
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
 
 def dtype_of(name: str):
-    if name not in DTYPES:
-        raise ValueError(f"dtype {name!r}; choose one of {sorted(DTYPES)}")
-    return DTYPES[name]
+    """A config's dtype name ("float32", "bfloat16", "bf16", …) as a dtype (`parse_dtype`)."""
+    return parse_dtype(name)
 
 
 def key_streams(keys: jax.Array, count: int) -> tuple[jax.Array, ...]:

@@ -7,9 +7,19 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import jax
+
+
+@runtime_checkable
+class CountsSkipped(Protocol):
+    """A data iterator that counts the records it skipped by reason (`mv2_jax.data`'s
+    iterators do); the trainer logs the counts as `skipped/REASON`. Optional: a stage's own
+    iterator (VFI's clips made on the fly) skips nothing."""
+
+    @property
+    def skipped(self) -> dict[str, int]: ...
 
 
 class TrainingStage(Protocol):

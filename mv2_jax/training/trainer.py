@@ -21,7 +21,7 @@ from mv2_jax.training.config_data import check_data_config
 from mv2_jax.training.metrics import MetricsWriter, step_flops
 from mv2_jax.training.optim import learning_rate_schedule, make_optimizer, trainable_paths
 from mv2_jax.training.random_pipeline import write_random_pipeline
-from mv2_jax.training.stage_contract import TrainingStage, check_stage_class
+from mv2_jax.training.stage_contract import CountsSkipped, TrainingStage, check_stage_class
 from mv2_jax.training.state import TrainState, create_state, init_state_on_mesh, state_shardings
 from mv2_jax.training.step import make_train_step
 from mv2_jax.weights.new_folder import written_once
@@ -194,7 +194,7 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
 
 
 def _skipped(iterator) -> dict:
-    counts = getattr(iterator, "skipped", {}) or {}
+    counts = iterator.skipped if isinstance(iterator, CountsSkipped) else {}
     return {f"skipped/{reason}": int(n) for reason, n in counts.items()}
 
 

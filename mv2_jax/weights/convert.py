@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from mv2_jax.dtypes import parse_dtype
 from mv2_jax.weights.load import ORBAX_PARAMS_DIR, build_module, read_config
 from mv2_jax.weights.mapping import convert_state_dict
 from mv2_jax.weights.new_folder import new_folder
@@ -23,7 +24,6 @@ from mv2_jax.weights.orbax_io import save_params
 from mv2_jax.weights.registry import family_for, param_shapes
 from mv2_jax.weights.safetensors_io import read_weights_folder
 
-DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16, "fp16": jnp.float16}
 Log = Callable[[str], None]
 
 
@@ -186,8 +186,7 @@ def convert_path(
     """Convert whatever `src` is (component folder, pipeline folder or single file) into `out`;
     with `motion_adapter`, `src` is an SD pipeline or UNet folder to add motion modules to."""
     src, out = Path(src), Path(out)
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+    jdtype = parse_dtype(dtype)  # a clear error for an unknown name, before any work
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file or folder")
     if src.is_dir() and (config is not None or model_type is not None):
@@ -211,7 +210,6 @@ def convert_path(
         shutil.rmtree(out)
     elif out.is_dir():
         out.rmdir()  # an empty folder: taken as the place to write
-    jdtype = DTYPES[dtype]
     with new_folder(out, "convert") as partial:  # no half-converted folder that looks complete
 
         def log_final(line: str) -> None:  # name the folder as it will be
