@@ -8,7 +8,8 @@ every program is cached first traces and lowers every stage (≈ 20 s for the sh
 HLO is the same every run, so the compilation cache answers) and calls it with the same
 arguments. A program is stored under a digest of everything that shapes it: the pipeline class,
 every model's configuration (`repr` of the linen modules), the `Program`, the arguments' shapes
-and dtypes, and the jax / mv2-jax versions and backend — a change in any stores a new one.
+and dtypes, the source of the code that traces it (`code_digest`) and the jax / mv2-jax versions
+and backend — a change in any stores a new one.
 Programs that report progress (host callbacks) or run on a mesh are not stored.
 """
 
@@ -25,6 +26,7 @@ import jax
 from jax import export
 
 import mv2_jax
+from mv2_jax.code_digest import source_digest
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ def digest(name: str, parts: tuple, args: tuple) -> str:
         str(tree),
         avals,
         mv2_jax.__version__,
+        source_digest("models", "diffusion", "pipelines", "parallel"),  # the traced code
         jax.__version__,
         jax.default_backend(),
         jax.devices()[0].device_kind,

@@ -8,7 +8,6 @@ source of `mv2_jax/models/`, and read back instead of traced. Library code sets 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -19,6 +18,8 @@ from pathlib import Path
 import flax
 import jax
 import jax.numpy as jnp
+
+from mv2_jax.code_digest import source_digest
 
 _folder: Path | None = None
 
@@ -44,17 +45,8 @@ def cached_shapes(module, trace: Callable[[], dict]) -> dict:
 
 def _digest(module) -> str:
     identity = (type(module).__name__, repr(module), flax.__version__, jax.__version__)
-    return hashlib.sha256(repr((identity, _models_source())).encode()).hexdigest()[:32]
-
-
-@functools.cache
-def _models_source() -> str:
-    """A digest of the model code: a change there may change the params of the same config."""
-    models = Path(__file__).resolve().parent.parent / "models"
-    digest = hashlib.sha256()
-    for file in sorted(models.glob("*.py")):
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
+    code = source_digest("models")  # a change there may change the params of one config
+    return hashlib.sha256(repr((identity, code)).encode()).hexdigest()[:32]
 
 
 def _flatten(tree: dict, prefix: tuple = ()) -> list:
