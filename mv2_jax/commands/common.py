@@ -6,11 +6,13 @@ cheap validation that runs before anything is loaded (problems reported together
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import math
 import os
 import platform
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TypeVar
@@ -221,22 +223,38 @@ def default_compilation_cache() -> Path:
 
 def use_compilation_cache(folder: str | None, min_compile_seconds: float = 0.5) -> None:
     """jax's persistent compilation cache in `folder` (None or 'none': off), for every program
-    that took ≥ `min_compile_seconds` to compile, the pipelines' exported programs in its
-    `exported/` (so that a warm run neither traces nor lowers them; `ProgramStore`) and the
-    models' param shapes in `param_shapes/` (`shape_cache`). Once per process: jax reads it at
-    the first compile."""
+    that took ≥ `min_compile_seconds` to compile. Once per process: jax reads it at the first
+    compile."""
     import jax
-
-    from mv2_jax.pipelines.program_store import use_program_store
-    from mv2_jax.weights.shape_cache import use_shape_cache
 
     if not folder or folder.lower() == "none":
         return
     Path(folder).mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
-    use_program_store(Path(folder) / "exported")
-    use_shape_cache(Path(folder) / "param_shapes")
+
+
+@contextlib.contextmanager
+def program_caches(folder: str | None) -> Iterator[None]:
+    """For the duration of a command: the pipelines' exported programs in `folder/exported/`
+    (so that a warm run neither traces nor lowers them; `ProgramStore`) and the models' param
+    shapes in `folder/param_shapes/` (`shape_cache`), beside the compilation cache; put back as
+    they were afterwards (a command run in-process leaves no setting behind)."""
+    from mv2_jax.pipelines import program_store
+    from mv2_jax.weights import shape_cache
+
+    if not folder or folder.lower() == "none":
+        yield
+        return
+    previous = program_store.default_program_store(), shape_cache.current_folder()
+    program_store.use_program_store(Path(folder) / "exported")
+    shape_cache.use_shape_cache(Path(folder) / "param_shapes")
+    try:
+        yield
+    finally:
+        store, shapes = previous
+        program_store.use_program_store(None if store is None else store.folder)
+        shape_cache.use_shape_cache(shapes)
 
 
 # -------------------------------------------------------------------------------- checks

@@ -10,7 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mv2_jax.commands.common import RUN_ERRORS, UsageError, say, use_compilation_cache
+from mv2_jax.commands.common import (
+    RUN_ERRORS,
+    UsageError,
+    program_caches,
+    say,
+    use_compilation_cache,
+)
 from mv2_jax.commands.interrupt import InterruptGuard
 from mv2_jax.commands.progress import Progress
 
@@ -55,7 +61,10 @@ def run_command(
     runtime = flags.runtime
     progress = Progress(started, timings=runtime.timings)
     try:
-        with InterruptGuard(watch=watch_interrupts) as guard:
+        with (
+            InterruptGuard(watch=watch_interrupts) as guard,
+            program_caches(runtime.compilation_cache),
+        ):
             use_compilation_cache(runtime.compilation_cache)
             return command.run(flags, Session(progress, guard, tuple(argv)))
     except UsageError as e:  # found only once an input is read (e.g. a one-frame video)

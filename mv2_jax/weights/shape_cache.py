@@ -30,6 +30,10 @@ def use_shape_cache(folder: str | os.PathLike | None) -> None:
     _folder = None if folder is None else Path(folder)
 
 
+def current_folder() -> Path | None:
+    return _folder
+
+
 def cached_shapes(module, trace: Callable[[], dict]) -> dict:
     """`trace()` (the param tree of `module` as `jax.ShapeDtypeStruct`s), or its stored copy."""
     if _folder is None:

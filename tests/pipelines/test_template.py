@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 import mv2_jax
-from mv2_jax.pipelines.program_store import ProgramStore
+from mv2_jax.commands.common import program_caches
+from mv2_jax.pipelines.program_store import ProgramStore, default_program_store
 from mv2_jax.pipelines.shipped import shipped_model
+from mv2_jax.weights import shape_cache
 
 KEY_IMAGE = np.zeros((64, 64, 3), np.float32)
 KEY_IMAGE[20:44, 24:40] = (1.0, 0.1, 0.1)
@@ -101,3 +103,10 @@ def test_a_stored_program_runs_again_without_tracing(tmp_path, caplog):
     third = dataclasses.replace(_pipeline("t2i"), program_store=store)
     np.testing.assert_array_equal(third(**call), expected)
     assert third.trace_count == 1 and "unreadable stored program" in caplog.text
+
+
+def test_a_command_puts_the_program_caches_back(tmp_path):
+    with program_caches(str(tmp_path)):
+        assert default_program_store().folder == tmp_path / "exported"
+        assert shape_cache.current_folder() == tmp_path / "param_shapes"
+    assert default_program_store() is None and shape_cache.current_folder() is None
