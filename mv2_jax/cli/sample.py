@@ -29,9 +29,9 @@ COMING: dict[str, str] = {}
 CASCADE = 'python sample.py "a prompt" ... runs the whole cascade (`sample.py cascade --help`)'
 
 
-def build_parser() -> OneLineParser:
+def build_parser(prog: str = "sample.py") -> OneLineParser:
     parser = OneLineParser(
-        prog="sample.py",
+        prog=prog,
         description="Sample from the MagicVideo-V2 stages (JAX/Flax).",
         epilog=f"Without a subcommand: {CASCADE}.",
     )
@@ -44,22 +44,29 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def main(argv: list[str] | None = None, started: float | None = None) -> int:
-    """`sample.py ARGS` and `mv2-sample ARGS`; `started` (on `time.perf_counter()`'s clock):
-    when the process began, for `--timings` (default: now)."""
+def main(
+    argv: list[str] | None = None, started: float | None = None, prog: str = "sample.py"
+) -> int:
+    """`sample.py ARGS`; `started` (on `time.perf_counter()`'s clock): when the process began,
+    for `--timings` (default: now); `prog` names the program in its messages."""
     started = time.perf_counter() if started is None else started
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
+    parser = build_parser(prog)
     if not argv:
         parser.print_help(sys.stderr)
         return 2
     if argv[0] not in (*COMMANDS, *COMING) and not argv[0].startswith("-"):
         argv = ["cascade", *argv]  # the default subcommand: a prompt comes first
     if argv[0] in COMING and not {"-h", "--help"} & set(argv):
-        print(f"sample.py {argv[0]}: {COMING[argv[0]]}; not available yet", file=sys.stderr)
+        print(f"{prog} {argv[0]}: {COMING[argv[0]]}; not available yet", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    return run_command(f"sample.py {args.command}", COMMANDS[args.command], args, argv, started)
+    return run_command(f"{prog} {args.command}", COMMANDS[args.command], args, argv, started)
+
+
+def installed_main() -> int:
+    """The installed `mv2-sample` command: `main` under that name."""
+    return main(prog="mv2-sample")
 
 
 if __name__ == "__main__":
