@@ -64,6 +64,20 @@ def _initialize_distributed() -> None:
             num_processes=_NUM_PROCESSES.value,
             process_id=_PROCESS_ID.value,
         )
+        _use_coordination_barriers()
+
+
+def _use_coordination_barriers() -> None:
+    """orbax's checkpoint barriers through the coordination service (5 min timeout) rather
+    than a device collective: on CPU that is gloo, which aborts the process when one process
+    reaches a checkpoint more than 30 s after the other (seen with two processes on 2 busy
+    cores). Set for this program only (an absl flag orbax defines); `--experimental_orbax_use_
+    distributed_barrier=false` on the command line keeps orbax's default."""
+    import orbax.checkpoint  # noqa: F401  (defines the flag)
+
+    name = "experimental_orbax_use_distributed_barrier"
+    if name in flags.FLAGS and not flags.FLAGS[name].present:
+        flags.FLAGS[name].value = True
 
 
 def _train(argv: list[str]) -> None:
