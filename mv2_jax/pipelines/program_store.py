@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from jax import export
 
 import mv2_jax
 from mv2_jax.code_digest import source_digest
+from mv2_jax.weights.new_folder import write_file_atomically
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class ProgramStore:
         exported = self._read(path)
         if exported is None:
             exported = export.export(jax.jit(trace))(*_specs(args))
-            self._write(path, exported.serialize())
+            write_file_atomically(path, exported.serialize())
         return jax.jit(exported.call)
 
     def _read(self, path: Path):
@@ -55,18 +55,6 @@ class ProgramStore:
         except Exception as e:  # a truncated or foreign file: export again, say so
             log.warning("%s: unreadable stored program (%s); exporting it again", path, e)
             return None
-
-    def _write(self, path: Path, blob: bytes | bytearray) -> None:
-        """All or nothing: a temporary file in the same folder, renamed into place."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".partial")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(blob)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
 
 
 def digest(name: str, parts: tuple, args: tuple) -> str:

@@ -67,3 +67,21 @@ def written_once(
         barrier = ocp.multihost.get_barrier_sync_fn()
         barrier(key=f"mv2_jax_written_{out.name}", timeout_ms=timeout_s * 1000)
     return out
+
+
+def write_file_atomically(path: str | os.PathLike, data: bytes | bytearray) -> Path:
+    """`path` holding `data`, all or nothing: a temporary file in the same folder (made if
+    missing), renamed into place, so a crash never leaves a truncated file under `path`."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

@@ -8,10 +8,10 @@ source of `mv2_jax/models/`, and read back instead of traced. Library code sets 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from mv2_jax.code_digest import source_digest
+from mv2_jax.weights.new_folder import write_file_atomically
 
 _folder: Path | None = None
 
@@ -74,13 +75,6 @@ def _unflatten(rows: list) -> dict:
 
 
 def _write(path: Path, text: str) -> None:
-    """All or nothing (a temporary file renamed into place); a folder that cannot be written
-    only means the next run traces again."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".partial")
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except OSError:
-        pass
+    """A folder that cannot be written only means the next run traces again."""
+    with contextlib.suppress(OSError):
+        write_file_atomically(path, text.encode())
