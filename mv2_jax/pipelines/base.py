@@ -161,12 +161,12 @@ class LatentDiffusionPipeline:
         call's `args` and a program store (`program_store`), it is the stored export of the
         program when there is one (no tracing), and exported there when there is not; programs
         with a progress bar are always traced (host callbacks cannot be exported)."""
-        store = self.program_store or default_program_store()
-        stored = store is not None and args is not None and not program.progress
-        key = (program, stored)
-        with self._cache.lock:
+        key = (program, args is None)  # on a mesh (no args) never a single-device export
+        with self._cache.lock:  # made already (traced or read back): a store changes nothing
             if key in self._cache.programs:
                 return self._cache.programs[key]
+        store = self.program_store or default_program_store()
+        stored = store is not None and args is not None and not program.progress
         trace = functools.partial(self._generate, program)
         if stored:
             models = tuple((name, repr(module)) for name, (module, _) in self.components().items())
