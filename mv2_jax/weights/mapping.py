@@ -32,12 +32,13 @@ class Rule:
     transform: str | None = None
 
 
-def _conv_kernel(w: np.ndarray) -> np.ndarray:
-    # [out, in, *window] → [*window, in, out]
-    return np.transpose(w, (*range(2, w.ndim), 1, 0))
+def _conv_kernel(w):
+    # [out, in, *window] → [*window, in, out]; array methods only, so that numpy arrays and
+    # traced jax arrays (the LoRA merge, mv2_jax.lora) take the same transforms
+    return w.transpose(*range(2, w.ndim), 1, 0)
 
 
-def _conv_as_linear(w: np.ndarray) -> np.ndarray:
+def _conv_as_linear(w):
     # a 1×1 (or 1×1×1) convolution [out, in, 1, 1] used as a Dense kernel [in, out]
     if any(s != 1 for s in w.shape[2:]):
         raise ValueError(f"conv_as_linear needs a 1×1 window, got {w.shape}")
@@ -74,6 +75,49 @@ class WeightMismatchError(ValueError):
             "that the file is complete."
         )
         super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one PyTorch key lands: the Flax param `path` (absent from the model when `shape`
+    is None) and the transform a rule forces on the way (`forced`, else inferred from shapes)."""
+
+    path: tuple[str, ...]
+    shape: tuple[int, ...] | None
+    dtype: Any = None
+    forced: str | None = None
+
+    def transform(self, src_shape) -> str:
+        """The name in `TRANSFORMS` that turns a tensor of `src_shape` into this param."""
+        return self.forced or _infer_transform(self.path[-1], src_shape, self.shape)
+
+
+class KeyMap:
+    """A family's rules over one model's param tree, resolving one PyTorch key at a time:
+    `convert_state_dict` maps whole state dicts with it, the LoRA merge (`mv2_jax.lora`) the
+    `<module>.weight` of each adapted module."""
+
+    def __init__(self, target_shapes: Mapping, rules: Sequence[Rule] = ()):
+        self.flat = traverse_util.flatten_dict(dict(target_shapes))
+        self._leaves_of: dict[tuple[str, ...], set[str]] = {}
+        for path in self.flat:
+            self._leaves_of.setdefault(path[:-1], set()).add(path[-1])
+        self._rules = [(re.compile(r.pattern), r) for r in rules]
+
+    def target(self, key: str) -> Target | None:
+        """The param `key` fills, or None for a key the rules drop (a buffer)."""
+        canonical, forced = key, None
+        for regex, rule in self._rules:  # rules apply in order, each to the result of the last
+            if canonical is not None and regex.fullmatch(canonical):
+                canonical = None if rule.target is None else regex.sub(rule.target, canonical)
+                forced = rule.transform or forced
+        if canonical is None:
+            return None
+        path = _flax_path(canonical, self._leaves_of)
+        dst = self.flat.get(path)
+        if dst is None:
+            return Target(path, None, None, forced)
+        return Target(path, tuple(dst.shape), dst.dtype, forced)
 
 
 def _flax_path(canonical: str, leaves_of: Mapping[tuple[str, ...], set[str]]) -> tuple[str, ...]:
@@ -122,44 +166,31 @@ def convert_state_dict(
     Returns nested dicts of numpy arrays in `dtype` (or each param's own dtype), or of whatever
     `place(path, array)` makes of each one as soon as it is converted (e.g. a device array with
     its sharding), so that at most one converted tensor at a time lives in host memory."""
-    flat_target = traverse_util.flatten_dict(dict(target_shapes))
-    leaves_of: dict[tuple[str, ...], set[str]] = {}
-    for path in flat_target:
-        leaves_of.setdefault(path[:-1], set()).add(path[-1])
-    compiled = [(re.compile(r.pattern), r) for r in rules]
-
+    keymap = KeyMap(target_shapes, rules)
     out: dict[tuple[str, ...], np.ndarray] = {}
     sources: dict[tuple[str, ...], str] = {}
     unexpected, misshaped = [], []
     for key, tensor in state.items():
-        canonical, forced = key, None
-        for regex, rule in compiled:  # rules apply in order, each to the result of the last
-            if canonical is not None and regex.fullmatch(canonical):
-                canonical = None if rule.target is None else regex.sub(rule.target, canonical)
-                forced = rule.transform or forced
-        if canonical is None:
+        target = keymap.target(key)
+        if target is None:
             continue
-        path = _flax_path(canonical, leaves_of)
-        if path not in flat_target:
+        path = target.path
+        if target.shape is None:
             unexpected.append(key)
             continue
         if path in out:
             raise WeightMismatchError(what, [], [f"{key} (same param as {sources[path]})"], [])
-        dst = flat_target[path]
-        name = forced or _infer_transform(path[-1], tensor.shape, dst.shape)
         try:
-            value = TRANSFORMS[name](np.asarray(tensor))
+            value = TRANSFORMS[target.transform(tensor.shape)](np.asarray(tensor))
         except ValueError:
             value = None
-        if value is None or tuple(value.shape) != tuple(dst.shape):
-            misshaped.append(
-                ("/".join(path) + f" (from {key})", tuple(tensor.shape), tuple(dst.shape))
-            )
+        if value is None or tuple(value.shape) != target.shape:
+            misshaped.append(("/".join(path) + f" (from {key})", tuple(tensor.shape), target.shape))
             continue
-        value = value.astype(dtype or dst.dtype)
+        value = value.astype(dtype or target.dtype)
         out[path] = place(path, value) if place is not None else value
         sources[path] = key
-    missing = ["/".join(p) for p in flat_target if p not in out and not _is_misshaped(p, misshaped)]
+    missing = ["/".join(p) for p in keymap.flat if p not in out and not _is_misshaped(p, misshaped)]
     if missing or unexpected or misshaped:
         raise WeightMismatchError(what, missing, unexpected, misshaped)
     return traverse_util.unflatten_dict(out)
