@@ -43,8 +43,10 @@ class LazyTensors(Mapping):
     """The tensors of one file, each read from disk when it is looked up (not kept), so that
     converting a 10 GB checkpoint holds one source tensor in memory at a time."""
 
-    def __init__(self, path: Path, data_start: int, entries: dict[str, tuple]):
+    def __init__(self, path: Path, data_start: int, entries: dict[str, tuple], metadata=None):
         self.path, self._data_start, self._entries = path, data_start, entries
+        # the header's `__metadata__` (string → string; diffusers keeps a LoRA's config there)
+        self.metadata: dict[str, str] = dict(metadata or {})
 
     def __getitem__(self, name: str) -> np.ndarray:
         dtype, shape, start = self._entries[name]
@@ -79,7 +81,7 @@ def read_safetensors(path: str | os.PathLike) -> LazyTensors:
             header = json.loads(f.read(header_len))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointFileError(f"{path}: unreadable safetensors header ({e}); {fix}") from e
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", None)
     data_start = 8 + header_len
     end = max((info["data_offsets"][1] for info in header.values()), default=0)
     if data_start + end > size:
@@ -98,7 +100,7 @@ def read_safetensors(path: str | os.PathLike) -> LazyTensors:
         if (stop - start) != int(np.prod(shape)) * dtype.itemsize:
             raise CheckpointFileError(f"{path}: tensor {name!r} has inconsistent byte range; {fix}")
         entries[name] = (dtype, shape, start)
-    return LazyTensors(path, data_start, entries)
+    return LazyTensors(path, data_start, entries, metadata)
 
 
 def read_weights_folder(

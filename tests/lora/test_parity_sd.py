@@ -1,0 +1,109 @@
+"""LoRA on an SD1.x-like tiny UNet against diffusers + peft (random weights, fp32): diffusers'
+`load_lora_weights` path + `fuse_lora(lora_scale=s)` vs `read_lora` + `merge_lora` at scale s,
+for the diffusers (peft) layout with per-module ranks and alphas, kohya with LoCon convolutions
+and `.alpha`, and two stacked adapters."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+diffusers = pytest.importorskip("diffusers")
+
+import mv2_jax  # noqa: E402
+from mv2_jax.lora import bind_lora, merge_lora, read_lora  # noqa: E402
+from tests.lora import tiny  # noqa: E402
+from tests.reference import nchw_to_nhwc, randomize_, relative_error  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+UNET = dict(
+    block_out_channels=(16, 32),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=2,
+    layers_per_block=1,
+    norm_num_groups=8,
+    sample_size=8,
+)
+Q0 = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+
+
+@pytest.fixture(scope="module")
+def unet(tmp_path_factory):
+    """(torch UNet, mv2 module, mv2 params, inputs, folder for LoRA files)."""
+    folder = tmp_path_factory.mktemp("sd")
+    ref = randomize_(diffusers.UNet2DConditionModel(**UNET), seed=3)
+    ref.save_pretrained(folder / "unet")
+    module, params = mv2_jax.load_component(folder / "unet")
+    rng = np.random.default_rng(0)
+    inputs = (
+        rng.standard_normal((2, 4, 8, 8), np.float32),
+        np.array([3.0, 741.0], np.float32),
+        rng.standard_normal((2, 7, 32), np.float32),
+    )
+    return ref, module, params, inputs, folder
+
+
+@pytest.fixture(scope="module")
+def attention_lora(unet):
+    """diffusers layout: rank 4 (2 on one module), alpha 8 (3 on another), in its metadata."""
+    ref, *_, folder = unet
+    state, config = tiny.lora_state(
+        ref,
+        seed=1,
+        r=4,
+        lora_alpha=8,
+        target_modules=tiny.ATTENTION,
+        rank_pattern={Q0: 2},
+        alpha_pattern={"up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k": 3},
+    )
+    return tiny.save_diffusers(folder / "attention", state, config)
+
+
+@pytest.fixture(scope="module")
+def conv_lora(unet):
+    """kohya layout: LoCon on the resnets' 3×3 and 1×1 convolutions and the attention's
+    proj_in / proj_out, rank 3, `.alpha` 6 (1.5 on one conv)."""
+    ref, *_, folder = unet
+    targets = rf"{tiny.RESNET_CONVS}|.*attentions\.\d+\.proj_(in|out)"
+    state, _ = tiny.lora_state(ref, seed=2, r=3, lora_alpha=3, target_modules=targets)
+    modules = {key.rsplit(".lora_", 1)[0] for key in state}
+    alphas = {m: 6.0 for m in modules} | {"up_blocks.0.resnets.0.conv_shortcut": 1.5}
+    assert "up_blocks.0.resnets.0.conv_shortcut" in modules  # a 1×1 conv is among them
+    return tiny.save_kohya(folder / "locon.safetensors", {"lora_unet": state}, alphas)
+
+
+def _compare(unet, files):
+    ref, module, params, (sample, t, context), _ = unet
+    fused_ref = tiny.diffusers_fused(ref, files)
+    with torch.no_grad():
+        expected = fused_ref(*(torch.from_numpy(x) for x in (sample, t, context))).sample
+    loras = [(bind_lora(read_lora(path), "unet", module, params), s) for path, s in files]
+    fused = merge_lora(params, loras)
+    actual = module.apply({"params": fused}, nchw_to_nhwc(sample), t, context)
+    expected = nchw_to_nhwc(expected.numpy())
+    base = module.apply({"params": params}, nchw_to_nhwc(sample), t, context)
+    assert relative_error(base, expected) > 1e-2  # the LoRA changes the output
+    assert relative_error(actual, expected) <= 1e-4
+
+
+def test_diffusers_layout_per_module_ranks_and_alphas(unet, attention_lora):
+    adapter = read_lora(attention_lora.parent)  # the folder, as diffusers is given it
+    weights = adapter.modules("unet")
+    assert adapter.format == "diffusers" and weights[Q0].rank == 2
+    assert weights[Q0].multiplier == 8 / 2
+    assert weights["up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"].alpha == 3
+    _compare(unet, [(attention_lora, 0.7)])
+
+
+def test_kohya_locon_convolutions_with_alpha(unet, conv_lora):
+    adapter = read_lora(conv_lora)
+    assert adapter.naming == "kohya"
+    assert adapter.modules("unet")["up_blocks_0_resnets_0_conv1"].down.ndim == 4
+    _compare(unet, [(conv_lora, 1.3)])
+
+
+def test_two_stacked_adapters(unet, attention_lora, conv_lora):
+    _compare(unet, [(attention_lora, 0.6), (conv_lora, -0.8)])

@@ -1,0 +1,119 @@
+"""LoRAs made on the torch side for the parity tests: peft adapters with random non-zero
+weights injected into tiny diffusers / transformers models, saved as diffusers writes them, and
+renamed by key into the kohya and AnimateDiff-original layouts; diffusers' own loading and
+fusing as the reference."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+from safetensors.torch import save_file
+
+ATTENTION = r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)"
+RESNET_CONVS = r".*resnets\.\d+\.(conv1|conv2|conv_shortcut)"
+MOTION = r".*motion_modules\.\d+\.transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)"
+TEXT = r".*self_attn\.(q_proj|k_proj|v_proj|out_proj)|.*mlp\.fc[12]"
+
+
+def lora_state(model, seed: int, **config) -> tuple[dict, LoraConfig]:
+    """(peft state dict, config) of a LoRA with random lora_A and lora_B on a copy of `model`
+    (`config`: LoraConfig fields, e.g. r, lora_alpha, target_modules, rank_pattern)."""
+    lora_config = LoraConfig(init_lora_weights=False, **config)
+    model = inject_adapter_in_model(lora_config, copy.deepcopy(model), adapter_name="made")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_" in name:  # ±, O(1/√fan_in): a delta as large as the weights' own
+                p.copy_(torch.randn(p.shape, generator=gen) / np.sqrt(np.prod(p.shape[1:])))
+    return get_peft_model_state_dict(model, adapter_name="made"), lora_config
+
+
+def metadata(config: LoraConfig) -> dict:
+    """What diffusers' `save_lora_weights` keeps of a LoraConfig (as peft's `to_dict`)."""
+    keep = ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "target_modules", "use_rslora")
+    out = {k: v for k, v in config.to_dict().items() if k in keep}
+    out["target_modules"] = (
+        sorted(out["target_modules"])
+        if isinstance(out["target_modules"], set)
+        else out["target_modules"]
+    )
+    return out
+
+
+def save_diffusers(folder: Path, unet_state=None, unet_config=None, **text) -> Path:
+    """`folder/pytorch_lora_weights.safetensors` as diffusers' `save_lora_weights` writes it."""
+    StableDiffusionPipeline.save_lora_weights(
+        folder,
+        unet_lora_layers=unet_state,
+        unet_lora_adapter_metadata=unet_config and metadata(unet_config),
+        **text,
+    )
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def kohya_key(key: str, prefix: str) -> str:
+    """A peft key → kohya's: `lora_unet_<module, dots as underscores>.lora_down.weight`."""
+    module, part = re.fullmatch(r"(.+)\.lora_(A|B)\.weight", key).groups()
+    return f"{prefix}_{module.replace('.', '_')}.lora_{'down' if part == 'A' else 'up'}.weight"
+
+
+def save_kohya(path: Path, states: dict[str, dict], alphas: dict[str, float] | None = None):
+    """`states` ({kohya prefix: peft state}) renamed into one kohya file, with `.alpha` tensors
+    per module where `alphas` ({peft module name: alpha}) gives one."""
+    out = {}
+    for prefix, state in states.items():
+        for key, value in state.items():
+            out[kohya_key(key, prefix)] = value.contiguous()
+        for module, alpha in (alphas or {}).items():
+            if f"{module}.lora_A.weight" in state:
+                name = kohya_key(f"{module}.lora_A.weight", prefix).split(".")[0]
+                out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    save_file(out, str(path))
+    return path
+
+
+def motion_layouts(state: dict) -> tuple[dict, dict]:
+    """A peft motion-module LoRA → (diffusers' published layout `unet.….attn1.processor.
+    to_q_lora.down.weight`, AnimateDiff's original `….temporal_transformer.….attention_blocks.0.
+    processor.to_q_lora.down.weight`)."""
+    published, original = {}, {}
+    for key, value in state.items():
+        module, proj, part = re.fullmatch(
+            r"(.+)\.(to_q|to_k|to_v|to_out\.0)\.lora_(A|B)\.weight", key
+        ).groups()
+        leaf = f"processor.{proj.replace('.0', '')}_lora.{'down' if part == 'A' else 'up'}.weight"
+        published[f"unet.{module}.{leaf}"] = value.contiguous()
+        old = re.sub(r"(motion_modules\.\d+)\.", r"\1.temporal_transformer.", module)
+        old = old.replace(".attn1", ".attention_blocks.0").replace(".attn2", ".attention_blocks.1")
+        original[f"{old}.{leaf}"] = value.contiguous()
+    return published, original
+
+
+def diffusers_fused(model, files: list[tuple[Path, float]], pipeline=StableDiffusionPipeline):
+    """A copy of `model` (a diffusers UNet) with the LoRA files loaded the way
+    `pipe.load_lora_weights` loads them and fused at their scales."""
+    model = copy.deepcopy(model)
+    names = []
+    for i, (path, _) in enumerate(files):
+        state, alphas, meta = pipeline.lora_state_dict(
+            str(path.parent),
+            weight_name=path.name,
+            return_lora_metadata=True,
+            unet_config=model.config,
+        )
+        pipeline.load_lora_into_unet(
+            state, alphas, model, adapter_name=f"a{i}", metadata=meta, _pipeline=None
+        )
+        names.append(f"a{i}")
+    if len(files) == 1:
+        model.fuse_lora(lora_scale=files[0][1], adapter_names=names)
+    else:
+        model.set_adapters(names, weights=[scale for _, scale in files])
+        model.fuse_lora(lora_scale=1.0, adapter_names=names)
+    return model
