@@ -46,7 +46,6 @@ def short_name(line: str) -> str:
         return "stage " + line.split("] ", 1)[1].split(",")[0]
     for prefix, name in (
         ("compiling or restoring", "compiling / restoring compiled programs"),
-        ("importing transformers", "importing transformers"),
         ("writing ", "writing the video (encoding)"),
     ):
         if line.startswith(prefix):

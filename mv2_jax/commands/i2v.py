@@ -23,7 +23,6 @@ from mv2_jax.commands.common import (
     sampling_kwargs,
     sampling_problems,
 )
-from mv2_jax.commands.quiet_imports import import_transformers_quietly
 from mv2_jax.commands.session import Session
 from mv2_jax.commands.video import (
     VideoFlags,
@@ -217,7 +216,6 @@ def run(flags: I2VFlags, session: Session) -> int:
     from mv2_jax.pipelines.loading import load_i2v_pipeline
 
     image = load_image(flags.image)
-    import_transformers_quietly(session.progress)
     session.progress(f"loading the I2V model {flags.sampling.model}")
     dtype = parse_dtype(flags.device.dtype)
     parts = component_kwargs(flags.conditioning)

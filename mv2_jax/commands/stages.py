@@ -315,7 +315,6 @@ def build_cascade(flags: StageRunFlags, key_image: str | None, report: Callable[
     """The cascade of the flags' model folders, each load announced through `report` (the slow
     part before sampling); the cascade reports its stages there too."""
     import mv2_jax
-    from mv2_jax.commands.quiet_imports import import_transformers_quietly
     from mv2_jax.pipelines.cascade import TextToVideoCascade
     from mv2_jax.pipelines.loading import load_i2v_pipeline, load_v2v_pipeline
     from mv2_jax.pipelines.vfi import load_vfi_pipeline
@@ -323,7 +322,6 @@ def build_cascade(flags: StageRunFlags, key_image: str | None, report: Callable[
     skip, dtype = flags.skipped(key_image), parse_dtype(flags.device.dtype)
     parts = component_kwargs(flags.conditioning)
     models = flags.models
-    import_transformers_quietly(report)
     text_to_image = video_to_video = interpolator = None
     shared = {}  # the stages' folders link one VAE and text encoder: read them once
     if "t2i" not in skip:

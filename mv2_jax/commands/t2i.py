@@ -28,7 +28,6 @@ from mv2_jax.commands.common import (
     sampling_problems,
     versions,
 )
-from mv2_jax.commands.quiet_imports import import_transformers_quietly
 from mv2_jax.commands.session import Session
 from mv2_jax.commands.video import command_line
 from mv2_jax.dtypes import parse_dtype
@@ -117,7 +116,6 @@ def run(flags: T2IFlags, session: Session) -> int:
 
     mesh = build_mesh(flags.device.mesh)
     negatives = flags.negative_prompt or (None,)
-    import_transformers_quietly(session.progress)
     session.progress(f"loading the T2I model {flags.sampling.model}")
     pipe = mv2_jax.load_pipeline(flags.sampling.model, dtype=parse_dtype(flags.device.dtype))
     session.progress("sampling (compiling or restoring the compiled program first)")

@@ -21,7 +21,6 @@ from mv2_jax.commands.common import (
     sampling_kwargs,
     sampling_problems,
 )
-from mv2_jax.commands.quiet_imports import import_transformers_quietly
 from mv2_jax.commands.session import Session
 from mv2_jax.commands.video import (
     VideoFlags,
@@ -83,7 +82,6 @@ def check(flags: T2VFlags) -> None:
 
 def run(flags: T2VFlags, session: Session) -> int:
     mesh = build_mesh(flags.device.mesh)
-    import_transformers_quietly(session.progress)
     session.progress(f"loading the T2V model {flags.sampling.model}")
     pipe = mv2_jax.load_pipeline(flags.sampling.model, dtype=parse_dtype(flags.device.dtype))
     session.progress("sampling (compiling or restoring the compiled program first)")

@@ -28,7 +28,6 @@ from mv2_jax.commands.i2v import (
     conditioning_kwargs,
     conditioning_problems,
 )
-from mv2_jax.commands.quiet_imports import import_transformers_quietly
 from mv2_jax.commands.session import Session
 from mv2_jax.commands.video import (
     VideoFlags,
@@ -168,7 +167,6 @@ def run(flags: V2VFlags, session: Session) -> int:
         height, width = (scaled(n, flags.scale) for n in video.shape[1:3])
         sampling = replace(sampling, height=height, width=width)
     image = None if flags.image is None else load_image(flags.image)
-    import_transformers_quietly(session.progress)
     session.progress(f"loading the V2V model {sampling.model}")
     dtype = parse_dtype(flags.device.dtype)
     parts = component_kwargs(flags.conditioning)

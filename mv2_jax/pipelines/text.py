@@ -17,20 +17,17 @@ import numpy as np
 
 
 def load_tokenizer(folder: str | os.PathLike):
-    """transformers' CLIP tokenizer from a pipeline's `tokenizer*/` folder (no download); in a
-    core install without transformers, the same tokenizer through `tokenizers` alone."""
+    """The CLIP tokenizer of a pipeline's `tokenizer*/` folder (no download), through the
+    `tokenizers` library alone (`clip_tokenizer.ClipTokenizer`: the ids of transformers'
+    `CLIPTokenizer`, held equal by tests), so sampling never imports transformers."""
+    from mv2_jax.pipelines.clip_tokenizer import ClipTokenizer
+
     folder = Path(folder)
     if not any((folder / f).exists() for f in ("tokenizer.json", "vocab.json")):
         raise FileNotFoundError(
             f"{folder}: no CLIP tokenizer files (tokenizer.json, or vocab.json + merges.txt)"
         )
-    try:
-        from transformers import CLIPTokenizer
-    except ImportError:
-        from mv2_jax.pipelines.clip_tokenizer import ClipTokenizer
-
-        return ClipTokenizer.from_folder(folder)
-    return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return ClipTokenizer.from_folder(folder)
 
 
 def prompt_embeddings(outputs: Sequence[Any]) -> tuple[jax.Array, jax.Array | None]:

@@ -44,6 +44,7 @@ def test_ids_match_transformers(tmp_path, form, max_length):
     theirs = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     ours = ClipTokenizer.from_folder(folder)
     assert ours.model_max_length == theirs.model_max_length == 16
+    assert len(ours) == len(theirs)
     assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id) == (
         theirs.bos_token_id,
         theirs.eos_token_id,

@@ -1,6 +1,6 @@
 """The project's CLIP BPE tokenizer: world words are single tokens, any text tokenises and
-decodes back, transformers and `load_tokenizer` read the folder, and the build is
-deterministic."""
+decodes back (checked through transformers' `CLIPTokenizer`, whose API has decoding), the
+pipelines' `load_tokenizer` gives the same ids, and the build is deterministic."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokenizer(folder):
-    return load_tokenizer(folder)
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(folder))
 
 
 def test_alphabet_is_cliptext_bytes():
@@ -72,12 +74,12 @@ def test_any_text_round_trips(tokenizer, text):
         assert decoded == text
 
 
-def test_loads_in_transformers(folder, tokenizer):
-    from transformers import CLIPTokenizer
-
-    theirs = CLIPTokenizer.from_pretrained(str(folder))
-    text = "a cyan square moves up over a dark background"
-    assert theirs(text)["input_ids"] == tokenizer(text)["input_ids"]
+def test_pipelines_tokenize_as_transformers(folder, tokenizer):
+    ours = load_tokenizer(folder)
+    assert len(ours) == len(tokenizer)
+    texts = ["a cyan square moves up over a dark background", "Ünïcödé 🙂 1234"]
+    call = dict(padding="max_length", max_length=16, truncation=True, return_tensors="np")
+    assert (ours(texts, **call)["input_ids"] == tokenizer(texts, **call)["input_ids"]).all()
 
 
 def test_build_is_deterministic(folder, tmp_path):
