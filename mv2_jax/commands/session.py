@@ -18,6 +18,7 @@ from mv2_jax.commands.common import (
     use_compilation_cache,
 )
 from mv2_jax.commands.interrupt import InterruptGuard
+from mv2_jax.commands.malloc import keep_freed_memory
 from mv2_jax.commands.progress import Progress
 
 
@@ -60,6 +61,7 @@ def run_command(
         return 2
     runtime = flags.runtime
     progress = Progress(started, timings=runtime.timings)
+    keep_freed_memory()  # a process that samples reuses its freed buffers (malloc.py)
     try:
         with (
             InterruptGuard(watch=watch_interrupts) as guard,
