@@ -17,6 +17,7 @@ behind a lock, so one pipeline serves several threads at once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import threading
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from mv2_jax.diffusion.sampler import denoise, steps_bucket
 from mv2_jax.diffusion.schedulers import make_scheduler
 from mv2_jax.parallel.sharding import batch_sharding, module_shardings_for, shard_params
 from mv2_jax.pipelines.defaults import DEFAULT_GUIDANCE_SCALE, check_size, check_steps_left
+from mv2_jax.pipelines.lora import LoraMixin, LoraState
 from mv2_jax.pipelines.program_store import ProgramStore, default_program_store
 from mv2_jax.pipelines.progress import StepProgress
 from mv2_jax.pipelines.request import Prepared, Program, SamplingRequest
@@ -58,10 +60,11 @@ class ProgramCache:
 
 
 @dataclass
-class LatentDiffusionPipeline:
+class LatentDiffusionPipeline(LoraMixin):
     """A UNet (2D or motion) + VAE + text encoders, run by the template above. A subclass
     defines `request(...)` (its call signature, returning its request dataclass); calling the
-    pipeline runs that request."""
+    pipeline runs that request. LoRA adapters: `load_lora_weights` and the rest of
+    `pipelines/lora.py`."""
 
     unet: Any
     unet_params: Any
@@ -77,6 +80,7 @@ class LatentDiffusionPipeline:
     _cache: ProgramCache = field(
         default_factory=ProgramCache, init=False, repr=False, compare=False
     )
+    _lora: LoraState = field(default_factory=LoraState, init=False, repr=False, compare=False)
 
     def __init_subclass__(cls, **kwargs):
         """`pipe(...)` is `pipe.run(pipe.request(...))`, with `request`'s signature and doc."""
@@ -188,6 +192,24 @@ class LatentDiffusionPipeline:
         """`{name: (module, params)}` of the models the program runs; a subclass with more
         models (a ControlNet, an appearance encoder) adds them here."""
         return {"unet": (self.unet, self.unet_params), "vae": (self.vae, self.vae_params)}
+
+    def lora_components(self) -> dict[str, tuple[Any, Any]]:
+        """`{LoRA component: (module, params)}`: the UNet and the text encoder(s), under the
+        names LoRA files use."""
+        names = ("text_encoder", "text_encoder_2")
+        texts = {name: (e.module, e.params) for name, e in zip(names, self.text.encoders)}
+        return {"unet": (self.unet, self.unet_params), **texts}
+
+    def _set_component_params(self, name: str, params: Any) -> None:
+        if name == "unet":
+            self.unet_params = params
+        else:  # a new encoder: a cascade's stages may share the old one
+            encoders = list(self.text.encoders)
+            index = ("text_encoder", "text_encoder_2").index(name)
+            encoders[index] = dataclasses.replace(encoders[index], params=params)
+            self.text = dataclasses.replace(self.text, encoders=tuple(encoders))
+        with self._cache.lock:  # params placed on a mesh are placed again from the new ones
+            self._cache.placements.clear()
 
     def placed_params(self, mesh) -> dict[str, Any]:
         """`{name: params}` of `components()`, placed on `mesh` by the logical-axis rules (once
