@@ -29,6 +29,7 @@ FLAGS = (
     "--seed",
     "--height",
     "--width",
+    "--lora",
     "--num-images",
     "--dtype",
     "--mesh",

@@ -164,6 +164,11 @@ def write_outputs(out, plan, settings: dict, flags: CascadeFlags, session: Sessi
         "prompt": flags.prompt,
         "negative_prompt": stages.negative_prompt,
         "models": dict(stages.models),
+        "loras": {
+            stage: [str(lora) for lora in given.lora]
+            for stage, given in stages.stages.items()
+            if given.lora
+        },
         "key_image_file": flags.image,
         "plan": asdict(plan),
         "stages": stage_settings_record(settings),

@@ -12,12 +12,13 @@ import math
 import os
 import platform
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TypeVar
 
 import mv2_jax
+from mv2_jax.commands.lora_flags import LoraFlag, add_lora_flag, lora_problems
 from mv2_jax.diffusion.scheduler_names import SCHEDULER_NAMES as SCHEDULERS  # no jax yet
 from mv2_jax.dtypes import DTYPE_CHOICES
 from mv2_jax.pipelines.defaults import size_problems
@@ -107,6 +108,7 @@ class SamplingFlags:
     seed: int
     height: int | None
     width: int | None
+    lora: Sequence[LoraFlag] = ()
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ def add_sampling_flags(parser: argparse.ArgumentParser, steps: int, guidance: st
     flag("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     flag("--height", type=int, metavar="PX", help="a multiple of 8 (default: the model's)")
     flag("--width", type=int, metavar="PX", help="a multiple of 8 (default: the model's)")
+    add_lora_flag(parser)
 
 
 def add_dtype_flag(parser: argparse.ArgumentParser) -> None:
@@ -316,7 +319,7 @@ def sampling_problems(flags: SamplingFlags) -> list[str]:
         )
     if flags.steps < 1:
         problems.append(f"--steps {flags.steps}: sampling needs at least 1 step")
-    return problems
+    return problems + lora_problems(flags.lora)
 
 
 def output_problems(flag: str, value: str, *, folder: bool) -> list[str]:

@@ -23,6 +23,7 @@ from mv2_jax.commands.common import (
     sampling_kwargs,
     sampling_problems,
 )
+from mv2_jax.commands.lora_flags import apply_loras
 from mv2_jax.commands.session import Session
 from mv2_jax.commands.video import (
     VideoFlags,
@@ -220,6 +221,7 @@ def run(flags: I2VFlags, session: Session) -> int:
     dtype = parse_dtype(flags.device.dtype)
     parts = component_kwargs(flags.conditioning)
     pipe = load_i2v_pipeline(flags.sampling.model, dtype=dtype, **parts)
+    apply_loras(pipe, flags.sampling.lora, session.progress)
     conditioning = conditioning_kwargs(flags.conditioning)
     session.progress("sampling (compiling or restoring the compiled program first)")
     videos = pipe(

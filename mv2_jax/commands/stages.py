@@ -5,7 +5,7 @@ into a `TextToVideoCascade`. `sample.py cascade` and `evaluate.py` both take the
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
 from mv2_jax.commands.common import (
@@ -26,6 +26,7 @@ from mv2_jax.commands.i2v import (
     conditioning_kwargs,
     conditioning_problems,
 )
+from mv2_jax.commands.lora_flags import LoraFlag, add_lora_flag, apply_loras, lora_problems
 from mv2_jax.commands.video import fps_problems
 from mv2_jax.dtypes import parse_dtype
 from mv2_jax.pipelines.defaults import STAGE_DEFAULTS
@@ -51,6 +52,7 @@ class StageFlags:
     seed: int | None = None
     scheduler: str | None = None
     size: tuple[int, int] | None = None
+    lora: Sequence[LoraFlag] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ def add_stage_flags(parser) -> None:
             help=f"{name} sampling algorithm (as --scheduler)",
         )
         flag(f"--{stage}-size", type=_size, metavar="HxW", help=f"{name} size (default: model's)")
+        add_lora_flag(parser, f"--{stage}-lora", f" on the {name} model")
     flag("--num-frames", type=int, metavar="N", help="keyframes (default 32 or the model's max)")
     flag(
         "--noise-level",
@@ -188,11 +191,11 @@ def stage_run_flags(args: argparse.Namespace) -> StageRunFlags:
                 "vfi": args.vfi_model},
         stages={
             "t2i": StageFlags(args.t2i_steps, args.t2i_guidance_scale, args.t2i_seed,
-                              args.t2i_scheduler, args.t2i_size),
+                              args.t2i_scheduler, args.t2i_size, args.t2i_lora),
             "i2v": StageFlags(args.i2v_steps, args.i2v_guidance_scale, args.i2v_seed,
-                              args.i2v_scheduler, args.i2v_size),
+                              args.i2v_scheduler, args.i2v_size, args.i2v_lora),
             "v2v": StageFlags(args.v2v_steps, args.v2v_guidance_scale, args.v2v_seed,
-                              args.v2v_scheduler, args.v2v_size),
+                              args.v2v_scheduler, args.v2v_size, args.v2v_lora),
         },
         skip=tuple(args.skip),
         conditioning=from_namespace(ConditioningFlags, args),
@@ -235,7 +238,7 @@ def sampler_problems(flags: StageFlags, stage: str) -> list[str]:
         problems.append(f"--{stage}-steps: at least 1")
     if flags.size is not None:
         problems += size_flag_problems(*flags.size, flag=f"--{stage}-size ")
-    return problems
+    return problems + lora_problems(flags.lora, f"--{stage}-lora")
 
 
 def stage_run_problems(flags: StageRunFlags, key_image: str | None) -> list[str]:
@@ -327,14 +330,17 @@ def build_cascade(flags: StageRunFlags, key_image: str | None, report: Callable[
     if "t2i" not in skip:
         report(f"loading the T2I model {models['t2i']}")
         text_to_image = mv2_jax.load_pipeline(models["t2i"], dtype=dtype, shared_components=shared)
+        apply_loras(text_to_image, flags.stages["t2i"].lora, report)
     report(f"loading the I2V model {models['i2v']}")
     image_to_video = load_i2v_pipeline(
         models["i2v"], dtype=dtype, shared_components=shared, **parts
     )
+    apply_loras(image_to_video, flags.stages["i2v"].lora, report)
     if "v2v" not in skip:
         folder = models["v2v"] or models["i2v"]
         report(f"loading the V2V model {folder}")
         video_to_video = load_v2v_pipeline(folder, dtype=dtype, shared_components=shared, **parts)
+        apply_loras(video_to_video, flags.stages["v2v"].lora, report)
     if "vfi" not in skip:
         report(f"loading the frame interpolator {models['vfi'] or '(shipped)'}")
         interpolator = load_vfi_pipeline(models["vfi"], dtype=dtype)

@@ -28,6 +28,7 @@ from mv2_jax.commands.common import (
     sampling_problems,
     versions,
 )
+from mv2_jax.commands.lora_flags import apply_loras
 from mv2_jax.commands.session import Session
 from mv2_jax.commands.video import command_line
 from mv2_jax.dtypes import parse_dtype
@@ -118,6 +119,7 @@ def run(flags: T2IFlags, session: Session) -> int:
     negatives = flags.negative_prompt or (None,)
     session.progress(f"loading the T2I model {flags.sampling.model}")
     pipe = mv2_jax.load_pipeline(flags.sampling.model, dtype=parse_dtype(flags.device.dtype))
+    apply_loras(pipe, flags.sampling.lora, session.progress)
     session.progress("sampling (compiling or restoring the compiled program first)")
     images = pipe(
         list(flags.prompt),
@@ -137,6 +139,7 @@ def write_t2i(images, flags: T2IFlags, session: Session, mesh, default_guidance)
     scheduler_config = Path(sampling.model, "scheduler", "scheduler_config.json")
     shared = {
         "model": str(Path(sampling.model).resolve()),
+        "loras": [str(lora) for lora in sampling.lora],
         "prompts": list(flags.prompt),
         "num_images_per_prompt": flags.num_images,
         "seed": sampling.seed,

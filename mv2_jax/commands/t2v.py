@@ -21,6 +21,7 @@ from mv2_jax.commands.common import (
     sampling_kwargs,
     sampling_problems,
 )
+from mv2_jax.commands.lora_flags import apply_loras
 from mv2_jax.commands.session import Session
 from mv2_jax.commands.video import (
     VideoFlags,
@@ -84,6 +85,7 @@ def run(flags: T2VFlags, session: Session) -> int:
     mesh = build_mesh(flags.device.mesh)
     session.progress(f"loading the T2V model {flags.sampling.model}")
     pipe = mv2_jax.load_pipeline(flags.sampling.model, dtype=parse_dtype(flags.device.dtype))
+    apply_loras(pipe, flags.sampling.lora, session.progress)
     session.progress("sampling (compiling or restoring the compiled program first)")
     videos = pipe(
         flags.prompt,

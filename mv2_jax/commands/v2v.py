@@ -28,6 +28,7 @@ from mv2_jax.commands.i2v import (
     conditioning_kwargs,
     conditioning_problems,
 )
+from mv2_jax.commands.lora_flags import apply_loras
 from mv2_jax.commands.session import Session
 from mv2_jax.commands.video import (
     VideoFlags,
@@ -171,6 +172,7 @@ def run(flags: V2VFlags, session: Session) -> int:
     dtype = parse_dtype(flags.device.dtype)
     parts = component_kwargs(flags.conditioning)
     pipe = load_v2v_pipeline(sampling.model, dtype=dtype, **parts)
+    apply_loras(pipe, flags.sampling.lora, session.progress)
     conditioning = conditioning_kwargs(flags.conditioning)
     v2v = dict(
         noise_level=flags.noise_level, strength=flags.strength, vae_tile_size=flags.vae_tile_size

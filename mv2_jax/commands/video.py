@@ -151,6 +151,7 @@ def write_video_and_settings(
         return
     settings = {
         "model": str(Path(sampling.model).resolve()),
+        "loras": [str(lora) for lora in sampling.lora],
         "prompt": prompt,
         "negative_prompt": video.negative_prompt,
         **extra,

@@ -1,0 +1,62 @@
+"""`--lora PATH[:SCALE]` (repeatable) on every sampling subcommand, `--t2i-lora` / `--i2v-lora` /
+`--v2v-lora` on the cascade: LoRA files or folders (every layout `mv2_jax.lora.read_lora`
+reads) stacked on a stage's pipeline at their scales (default 1.0), checked before anything
+loads."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class LoraFlag:
+    path: str
+    scale: float = 1.0
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.scale:g}"
+
+
+def lora_flag(text: str) -> LoraFlag:
+    """`PATH` or `PATH:SCALE` (the text after the last ':' is the scale when it is a number,
+    so a path with ':' in it still works)."""
+    path, _, scale = text.rpartition(":")
+    if path:
+        try:
+            value = float(scale)
+        except ValueError:
+            return LoraFlag(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: the scale {scale!r} is not finite")
+        return LoraFlag(path, value)
+    return LoraFlag(text)
+
+
+def add_lora_flag(parser: argparse.ArgumentParser, flag: str = "--lora", what: str = "") -> None:
+    parser.add_argument(
+        flag,
+        action="append",
+        type=lora_flag,
+        default=[],
+        metavar="PATH[:SCALE]",
+        help=f"a LoRA{what} (file or folder: diffusers / peft, kohya / A1111 incl. LoCon, "
+        "AnimateDiff motion LoRAs) at SCALE (default 1); repeat to stack adapters",
+    )
+
+
+def lora_problems(loras: Sequence[LoraFlag], flag: str = "--lora") -> list[str]:
+    """Each LoRA path must exist (a file, or a folder holding pytorch_lora_weights*)."""
+    return [f"{flag} {lora.path}: no such file or folder" for lora in loras
+            if not Path(lora.path).exists()]  # fmt: skip
+
+
+def apply_loras(pipe, loras: Sequence[LoraFlag], report: Callable[[str], None]) -> None:
+    """Load each LoRA onto `pipe` at its scale, named after its file, announced on `report`."""
+    for index, lora in enumerate(loras):
+        report(f"loading the LoRA {lora.path} (scale {lora.scale:g})")
+        pipe.load_lora_weights(lora.path, adapter_name=f"{Path(lora.path).stem}_{index}",
+                               scale=lora.scale)  # fmt: skip
