@@ -55,6 +55,13 @@ def base_config() -> ml_collections.ConfigDict:
     # i2v: or new motion modules for an SD UNet, from these MotionAdapter fields (e.g.
     # motion_num_attention_heads, motion_max_seq_length); their output projections start at 0
     c.model.new_motion_modules = ml_collections.ConfigDict()
+    # t2i / i2v / v2v: train a LoRA instead of the params (docs/lora_training.md); rank 0: off
+    c.model.lora = ml_collections.ConfigDict()
+    c.model.lora.rank = 0  # > 0: only LoRA factors train (config.trainable is then ignored)
+    c.model.lora.alpha = 0.0  # the update is (alpha / rank) · down @ up; 0: alpha = rank
+    # globs over the "/"-joined module paths of the kernels that get a LoRA (set per stage)
+    c.model.lora.targets = ()
+    c.model.lora.base_dtype = ""  # the frozen base's storage, e.g. "bfloat16"; "": param_dtype
 
     # ---- image-to-video conditioning on the clip's first frame (stage "i2v"; docs/training.md)
     c.i2v = ml_collections.ConfigDict()

@@ -20,6 +20,8 @@ from configs.common import base_config
 from configs.t2i import tiny_model as tiny_image_model
 
 TRAINABLE = ("unet/*motion_modules_*", "appearance/*", "controlnet/*")
+# config.model.lora.targets: the motion modules' attention projections (a motion LoRA)
+LORA_TARGETS = tuple(f"unet/*motion_modules_*/{p}" for p in ("to_q", "to_k", "to_v", "to_out_0"))
 
 
 def tiny_model() -> dict:
@@ -46,6 +48,7 @@ def get_config(variant: str = "tiny"):
     config = base_config()
     config.stage = "i2v"
     config.trainable = TRAINABLE
+    config.model.lora.targets = LORA_TARGETS
     config.i2v.appearance_encoder = True
     config.i2v.controlnet = True
     if variant == "tiny":

@@ -64,9 +64,14 @@ def tiny_model() -> dict:
     }
 
 
+# config.model.lora.targets: the attention projections of the UNet
+LORA_TARGETS = ("*/to_q", "*/to_k", "*/to_v", "*/to_out_0")
+
+
 def get_config(variant: str = "tiny"):
     config = base_config()
     config.stage = "t2i"
+    config.model.lora.targets = LORA_TARGETS
     config.data.num_frames = 1
     if variant == "tiny":
         config.model.init = tiny_model()

@@ -29,10 +29,15 @@ TRAINABLE = (
 )
 
 
+# config.model.lora.targets: every attention projection of the UNet (spatial and motion)
+LORA_TARGETS = tuple(f"unet/*/{p}" for p in ("to_q", "to_k", "to_v", "to_out_0"))
+
+
 def get_config(variant: str = "tiny"):
     config = base_config()
     config.stage = "v2v"
     config.trainable = TRAINABLE
+    config.model.lora.targets = LORA_TARGETS
     config.i2v.appearance_encoder = True
     config.i2v.controlnet = True
     if variant == "tiny":

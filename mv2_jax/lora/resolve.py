@@ -123,14 +123,19 @@ class _KohyaNames:
         `down_blocks.0`, `net_0_proj` ← `net.0.proj`), the first that the family's rules map
         back to it."""
         module = self.modules.get(flat) or self.modules.get(self.from_ldm(flat) or "")
-        if module is None:
-            return None
-        for spelling in itertools.product(*(_spellings(part) for part in module)):
-            name = ".".join(spelling)
-            target = self.keymap.target(f"{name}.weight")
-            if target is not None and target.path[:-1] == module:
-                return name
-        return None
+        return None if module is None else module_torch_name(self.keymap, module)
+
+
+def module_torch_name(keymap: KeyMap, module: tuple[str, ...]) -> str | None:
+    """The PyTorch name of the Flax module at path `module`: of the spellings of its parts (an
+    underscore next to a number may have been a dot), the first whose `.weight` the family's
+    rules map back to it; None if none does."""
+    for spelling in itertools.product(*(_spellings(part) for part in module)):
+        name = ".".join(spelling)
+        target = keymap.target(f"{name}.weight")
+        if target is not None and target.path[:-1] == module:
+            return name
+    return None
 
 
 def _spellings(part: str) -> list[str]:

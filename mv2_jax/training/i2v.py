@@ -145,7 +145,8 @@ class ImageToVideoStage(LatentDiffusionStage):
         return dict(self.components(), unet=self.denoiser.clone(skip_motion_for_images=False))
 
     def param_shapes(self) -> dict:
-        return {name: module_param_shapes(m) for name, m in self._with_motion().items()}
+        modules = self._with_motion().items()
+        return {name: module_param_shapes(m, self.param_dtype) for name, m in modules}
 
     def param_shardings(self, mesh, rules) -> dict:
         modules = self._with_motion().items()

@@ -40,11 +40,13 @@ def key_streams(keys: jax.Array, count: int) -> tuple[jax.Array, ...]:
     return tuple(jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys) for i in range(count))
 
 
-def module_param_shapes(module) -> dict:
-    """The param tree of a component model as `jax.ShapeDtypeStruct`s (nothing computed)."""
+def module_param_shapes(module, dtype=None) -> dict:
+    """The param tree of a component model as `jax.ShapeDtypeStruct`s (nothing computed),
+    stored in `dtype` (None: the module's own)."""
     from mv2_jax.weights.registry import family_of, param_shapes
 
-    return param_shapes(module, family_of(module))
+    shapes = param_shapes(module, family_of(module))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype or s.dtype), shapes)
 
 
 @dataclass(kw_only=True)
@@ -192,7 +194,7 @@ class LatentDiffusionStage(BaseStage):
     # ---- the params that train (a single denoiser here; stages with more override these)
 
     def param_shapes(self) -> dict:
-        return module_param_shapes(self.denoiser)
+        return module_param_shapes(self.denoiser, self.param_dtype)
 
     def param_shardings(self, mesh, rules) -> dict:
         return module_shardings_for(self.denoiser, mesh, rules)

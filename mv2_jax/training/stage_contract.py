@@ -28,7 +28,7 @@ class TrainingStage(Protocol):
 
     needs_pipeline: ClassVar[bool]  # starts from a pipeline folder (config.model.pipeline / init)
     uses_config_data: ClassVar[bool]  # reads config.data (checked at start-up) or makes its own
-    param_dtype: Any  # the storage dtype of the params that train
+    param_dtype: Any  # the storage dtype of the params that train (param_shapes has each one's)
     consts: dict  # frozen arrays the loss reads (replicated over the mesh)
 
     @classmethod
@@ -40,7 +40,8 @@ class TrainingStage(Protocol):
         ...
 
     def param_shapes(self) -> dict:
-        """The tree of the params that train (frozen parts too), as `jax.ShapeDtypeStruct`s."""
+        """The tree of the params that train (frozen parts too), as `jax.ShapeDtypeStruct`s in
+        their storage dtypes."""
         ...
 
     def param_shardings(self, mesh, rules) -> dict:

@@ -18,6 +18,7 @@ from mv2_jax.parallel.mesh import make_mesh
 from mv2_jax.parallel.sharding import batch_sharding
 from mv2_jax.training import checkpoint
 from mv2_jax.training.config_data import check_data_config
+from mv2_jax.training.lora import LoraStage, lora_settings
 from mv2_jax.training.metrics import MetricsWriter, step_flops
 from mv2_jax.training.optim import learning_rate_schedule, make_optimizer, trainable_paths
 from mv2_jax.training.random_pipeline import write_random_pipeline
@@ -48,9 +49,16 @@ def stage_class(name: str) -> type[TrainingStage]:
     return check_stage_class(getattr(importlib.import_module(module), cls), name)
 
 
+def run_stage_class(config) -> type[TrainingStage]:
+    """The class of the run's stage: config.stage's, or `LoraStage` around it where
+    `config.model.lora.rank` > 0 (`mv2_jax.training.lora`)."""
+    return LoraStage if lora_settings(config) else stage_class(config.stage)
+
+
 def check_config(config) -> None:
     """Errors that would otherwise surface minutes later, deep in a trace."""
     cls = stage_class(config.stage)
+    lora_settings(config)  # a LoRA on a stage without one, or without targets
     per_step = jax.process_count() * config.grad_accum_steps
     if config.batch_size % per_step:
         raise ValueError(
@@ -109,10 +117,10 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
     mesh = make_mesh(config.mesh)
     rules = tuple(tuple(rule) for rule in config.sharding_rules)
     folder = model_folder(config, workdir) if uses_pipeline(config) else None
-    stage = stage_class(config.stage).from_config(config, folder, mesh, workdir=workdir)
+    stage = run_stage_class(config).from_config(config, folder, mesh, workdir=workdir)
     param_shardings = stage.param_shardings(mesh, rules)
     abstract_params = jax.tree.map(
-        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, stage.param_dtype, sharding=sharding),
+        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
         stage.param_shapes(),
         param_shardings,
     )
