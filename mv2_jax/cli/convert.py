@@ -2,6 +2,7 @@
 
     python convert/to_flax.py PATH --out DIR [--dtype bf16] [--config FOLDER] [--model-type T]
     python convert/to_flax.py SD_FOLDER --motion-adapter mm_sd_v15_v2.ckpt --out DIR
+    python convert/to_flax.py SDXL_FOLDER --lora style.safetensors:0.8 --lora-scale 1 --out DIR
     mv2-convert ...                      (the same program, installed with the package)
 
 The mapping itself lives in `mv2_jax.weights`; this file only reads the command line.
@@ -13,6 +14,7 @@ import argparse
 import sys
 
 from mv2_jax.dtypes import DTYPE_CHOICES
+from mv2_jax.lora.folder import lora_spec
 from mv2_jax.weights.convert import convert_path
 from mv2_jax.weights.mapping import WeightMismatchError
 from mv2_jax.weights.safetensors_io import CheckpointFileError
@@ -69,6 +71,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "scheduler set to AnimateDiff's linear betas) or UNet folder (→ a UNetMotionModel)",
     )
     parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        type=lora_spec,
+        metavar="PATH[:SCALE]",
+        help="fuse this LoRA (file or folder: diffusers / peft, kohya / A1111 incl. LoCon and "
+        "SDXL names, AnimateDiff motion LoRAs) into the converted pipeline's unet / text "
+        "encoders at SCALE (default --lora-scale); repeat to fuse several. A LoRA that does "
+        "not fit the model stops with its keys listed, and nothing is written",
+    )
+    parser.add_argument(
+        "--lora-scale",
+        type=float,
+        default=1.0,
+        metavar="SCALE",
+        help="the scale of each --lora given without :SCALE (default 1)",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace --out if it exists and is not empty",
@@ -87,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             overwrite=args.overwrite,
             motion_adapter=args.motion_adapter,
+            loras=[(path, args.lora_scale if s is None else s) for path, s in args.lora],
         )
     except (
         FileNotFoundError,

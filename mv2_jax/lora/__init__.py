@@ -31,6 +31,12 @@ Fusing (`merge.py`)::
   and cast once to W's dtype, by a jitted per-param update whose output keeps W's sharding
   (a sharded UNet is never gathered); scales are traced, so new scales never recompile.
 
+Converting (`folder.py`, for `convert/to_flax.py --lora PATH[:SCALE] --lora-scale S`)::
+
+    adapters = read_loras([(path, 0.8), ...])       # read, scales checked finite
+    check_folder_loras(src_pipeline_folder, adapters)   # bound to its configs' shapes, no weights
+    fuse_into_folder(converted_folder, adapters, dtype)  # touched components rewritten, fused
+
 For the pipelines (`load_lora_weights`, `set_adapters`, `fuse_lora`, `unfuse_lora`,
 `unload_lora_weights`): keep the base params; `set_adapters(names, weights)` / `fuse_lora` is
 `merge_components(base, [(adapter, weight), …])` on the base, and `unfuse_lora` /

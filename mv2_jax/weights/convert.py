@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,10 +181,12 @@ def convert_path(
     dtype: str = "fp32",
     overwrite: bool = False,
     motion_adapter=None,
+    loras: Sequence[tuple[str | os.PathLike, float]] = (),
     log: Log = print,
 ) -> Path:
     """Convert whatever `src` is (component folder, pipeline folder or single file) into `out`;
-    with `motion_adapter`, `src` is an SD pipeline or UNet folder to add motion modules to."""
+    with `motion_adapter`, `src` is an SD pipeline or UNet folder to add motion modules to;
+    `loras` ((path, scale) each) are fused into the converted pipeline's unet / text encoders."""
     src, out = Path(src), Path(out)
     jdtype = parse_dtype(dtype)  # a clear error for an unknown name, before any work
     if not src.exists():
@@ -200,6 +202,7 @@ def convert_path(
         raise ValueError("pass --config or --model-type, not both: the config folder decides")
     if src.is_dir() and not ((src / "model_index.json").exists() or (src / "config.json").exists()):
         read_config(src)  # raises, saying what the folder lacks
+    adapters = _read_loras(src, loras, motion_adapter)  # a misfit stops before out is touched
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(
@@ -225,4 +228,26 @@ def convert_path(
             convert_pipeline_folder(src, partial, jdtype, log_final)
         else:
             convert_component_folder(src, partial, jdtype, log_final)
+        if adapters:
+            from mv2_jax.lora.folder import fuse_into_folder
+
+            fuse_into_folder(partial, adapters, jdtype, log_final)
     return out
+
+
+def _read_loras(src: Path, loras, motion_adapter) -> list:
+    """The LoRAs read, and checked against `src`'s component configs where they are the
+    output's (a pipeline folder whose UNet gains no motion modules): a misfit stops here."""
+    if not loras:
+        return []
+    from mv2_jax.lora.folder import check_folder_loras, read_loras
+
+    adapters = read_loras(loras)
+    if src.is_dir() and not (src / "model_index.json").exists():
+        raise ValueError(
+            f"--lora: {src} is one component's folder; LoRAs are fused into a converted "
+            "pipeline (a diffusers pipeline folder or a single-file checkpoint)"
+        )
+    if src.is_dir() and motion_adapter is None and not (src / "motion_adapter").is_dir():
+        check_folder_loras(src, adapters)
+    return adapters

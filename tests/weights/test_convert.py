@@ -45,7 +45,8 @@ def test_help_explains_every_flag():
     result = subprocess.run(
         [sys.executable, str(CLI), "--help"], capture_output=True, text=True, check=True
     )
-    for flag in ("--out", "--dtype", "--config", "--model-type", "--overwrite", "path"):
+    flags = ("--out", "--dtype", "--config", "--model-type", "--lora", "--lora-scale", "path")
+    for flag in (*flags, "--overwrite"):
         assert flag in result.stdout
     for word in ("model_index.json", "weights_only", "sdxl_base", "bf16", "load_component"):
         assert word in result.stdout
