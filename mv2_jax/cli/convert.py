@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mv2_jax.commands.lora_flags import lora_flag
 from mv2_jax.dtypes import DTYPE_CHOICES
-from mv2_jax.lora.folder import lora_spec
 from mv2_jax.weights.convert import convert_path
 from mv2_jax.weights.mapping import WeightMismatchError
 from mv2_jax.weights.safetensors_io import CheckpointFileError
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--lora",
         action="append",
         default=[],
-        type=lora_spec,
+        type=lora_flag,
         metavar="PATH[:SCALE]",
         help="fuse this LoRA (file or folder: diffusers / peft, kohya / A1111 incl. LoCon and "
         "SDXL names, AnimateDiff motion LoRAs) into the converted pipeline's unet / text "
@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             overwrite=args.overwrite,
             motion_adapter=args.motion_adapter,
-            loras=[(path, args.lora_scale if s is None else s) for path, s in args.lora],
+            loras=[
+                (lora.path, args.lora_scale if lora.scale is None else lora.scale)
+                for lora in args.lora
+            ],
         )
     except (
         FileNotFoundError,

@@ -15,15 +15,19 @@ from pathlib import Path
 @dataclass(frozen=True)
 class LoraFlag:
     path: str
-    scale: float = 1.0
+    scale: float | None = None  # None: not given (1.0, or convert's --lora-scale)
+
+    @property
+    def weight(self) -> float:
+        return 1.0 if self.scale is None else self.scale
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.scale:g}"
+        return f"{self.path}:{self.weight:g}"
 
 
 def lora_flag(text: str) -> LoraFlag:
     """`PATH` or `PATH:SCALE` (the text after the last ':' is the scale when it is a number,
-    so a path with ':' in it still works)."""
+    so a path with ':' in it still works); also the type of convert/to_flax.py's `--lora`."""
     path, _, scale = text.rpartition(":")
     if path:
         try:
@@ -57,6 +61,6 @@ def lora_problems(loras: Sequence[LoraFlag], flag: str = "--lora") -> list[str]:
 def apply_loras(pipe, loras: Sequence[LoraFlag], report: Callable[[str], None]) -> None:
     """Load each LoRA onto `pipe` at its scale, named after its file, announced on `report`."""
     for index, lora in enumerate(loras):
-        report(f"loading the LoRA {lora.path} (scale {lora.scale:g})")
+        report(f"loading the LoRA {lora.path} (scale {lora.weight:g})")
         pipe.load_lora_weights(lora.path, adapter_name=f"{Path(lora.path).stem}_{index}",
-                               scale=lora.scale)  # fmt: skip
+                               scale=lora.weight)  # fmt: skip

@@ -20,16 +20,6 @@ from mv2_jax.lora.read import read_lora
 Adapters = Sequence[tuple[LoraAdapter, float]]
 
 
-def lora_spec(text: str) -> tuple[str, float | None]:
-    """`PATH` or `PATH:SCALE` → (path, scale or None); the text after the last ':' is the scale
-    only when it is a number, so a path with ':' in it still works."""
-    path, _, scale = text.rpartition(":")
-    try:
-        return (path, float(scale)) if path else (text, None)
-    except ValueError:
-        return text, None
-
-
 def read_loras(loras: Sequence[tuple[str | os.PathLike, float]]) -> list[tuple[LoraAdapter, float]]:
     """Each (path, scale) read (`read_lora`, every layout it knows); an unreadable file or a
     scale that is not finite stops before any is applied."""

@@ -24,9 +24,10 @@ pytestmark = pytest.mark.torch
 
 
 def test_lora_flag_values():
-    assert lora_flag("style.safetensors") == LoraFlag("style.safetensors", 1.0)
+    assert lora_flag("style.safetensors") == LoraFlag("style.safetensors", None)
+    assert lora_flag("style.safetensors").weight == 1.0
     assert lora_flag("a/b:0.5") == LoraFlag("a/b", 0.5)
-    assert lora_flag("C:/loras/x") == LoraFlag("C:/loras/x", 1.0)  # not a number: a path
+    assert lora_flag("C:/loras/x") == LoraFlag("C:/loras/x", None)  # not a number: a path
     assert lora_flag("x:-1e-1").scale == -0.1
 
 

@@ -11,7 +11,7 @@ pytest.importorskip("peft")
 pytest.importorskip("diffusers")
 
 import mv2_jax  # noqa: E402
-from mv2_jax.lora.folder import lora_spec  # noqa: E402
+from mv2_jax.commands.lora_flags import LoraFlag, lora_flag  # noqa: E402
 from tests.lora import tiny  # noqa: E402
 from tests.weights.tiny_models import load_cli, tiny_pipeline, tiny_unet  # noqa: E402
 
@@ -73,7 +73,6 @@ def test_flag_errors_are_one_line(sd, tmp_path, capsys):
     out = str(tmp_path / "out")
     for extra, message in [
         (["--lora", str(tmp_path / "none.safetensors")], "no such LoRA file or folder"),
-        (["--lora", f"{file_a}:nan"], "finite"),
         (["--lora", str(file_a), "--lora-scale", "inf"], "finite"),
     ]:
         assert to_flax.main([str(src), "--out", out, *extra]) == 1
@@ -81,10 +80,13 @@ def test_flag_errors_are_one_line(sd, tmp_path, capsys):
         assert message in err and err.count("\n") == 1, err
     assert to_flax.main([str(src / "unet"), "--out", out, "--lora", str(file_a)]) == 1
     assert "one component's folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # the flag's own type: a usage error
+        to_flax.main([str(src), "--out", out, "--lora", f"{file_a}:nan"])
+    assert exit_.value.code == 2 and "not finite" in capsys.readouterr().err
 
 
-def test_lora_spec_reads_an_optional_scale():
-    assert lora_spec("a.safetensors") == ("a.safetensors", None)
-    assert lora_spec("a.safetensors:0.5") == ("a.safetensors", 0.5)
-    assert lora_spec("C:/x/a.safetensors") == ("C:/x/a.safetensors", None)
-    assert lora_spec("dir:1/a:-2") == ("dir:1/a", -2.0)
+def test_lora_flag_reads_an_optional_scale():
+    assert lora_flag("a.safetensors") == LoraFlag("a.safetensors", None)
+    assert lora_flag("a.safetensors:0.5") == LoraFlag("a.safetensors", 0.5)
+    assert lora_flag("C:/x/a.safetensors") == LoraFlag("C:/x/a.safetensors", None)
+    assert lora_flag("dir:1/a:-2") == LoraFlag("dir:1/a", -2.0)
