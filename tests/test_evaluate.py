@@ -322,8 +322,8 @@ def test_key_images_alone(monkeypatch, tmp_path, model_folders):
     heldout = results["summary"]["heldout"]
     assert (heldout["count"], heldout["key_colour"], heldout["key_shape"]) == (12, 1.0, 1.0)
     assert {k for k, v in heldout.items() if v is None} == {
-        "colour", "shape", "motion", "consistent", "first_frame_psnr", "track_rms_px",
-        "track_rms_fraction", "found_fraction",
+        "colour", "shape", "motion", "consistent", "first_frame_psnr", "travel_fraction",
+        "track_rms_px", "track_rms_fraction", "found_fraction",
     }  # fmt: skip
     assert results["vfi"] == [] and "video:" not in (out / "results.md").read_text()
     assert len(list((out / "samples").glob("*.png"))) == 2

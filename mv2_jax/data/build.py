@@ -57,6 +57,13 @@ def parser() -> argparse.ArgumentParser:
     shapes.add_argument(
         "--workers", type=int, default=1, help="processes rendering and encoding (default 1)"
     )
+    shapes.add_argument(
+        "--travel-scale",
+        type=float,
+        default=1.0,
+        help="objects travel this × the world's usual distance (0.5: slow motion, e.g. the "
+        "data of a speed LoRA; at most 1.28, beyond which they would leave the frame)",
+    )
     for command in (video, image, shapes):
         command.add_argument(
             "--data-dir", "--out", required=True, help="tfds data_dir to write the dataset into"
@@ -86,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 workers=args.workers,
                 overwrite=args.overwrite,
+                travel_scale=args.travel_scale,
             )
         elif args.kind == "video":
             folder = build_video_dataset(

@@ -49,7 +49,7 @@ NUM_FRAMES = 8  # the clip length the travel range below is meant for
 SIZE_RANGE = (0.22, 0.38)  # object extent, fraction of the frame side
 TRAVEL_RANGE = (0.25, 0.45)  # distance covered from the first to the last frame
 _MARGIN = 0.02  # keeps anti-aliased edges off the border pixels (from 32² up)
-_DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 _TEXTURE_WAVES = 4
 
 
@@ -80,7 +80,7 @@ class ShapeClip:
     def centre(self, times) -> np.ndarray:
         """Object centres `[F, 2]` (x, y) at continuous frame indices `times`."""
         times = np.asarray(times, np.float64).reshape(-1, 1)
-        return np.asarray(self.start) + times * self.speed * np.asarray(_DIRECTIONS[self.motion])
+        return np.asarray(self.start) + times * self.speed * np.asarray(DIRECTIONS[self.motion])
 
 
 def training_pairs(heldout: bool = False) -> list[tuple[str, str]]:
@@ -90,18 +90,24 @@ def training_pairs(heldout: bool = False) -> list[tuple[str, str]]:
 
 
 def sample_clip(
-    rng: np.random.Generator, *, heldout: bool = False, num_frames: int = NUM_FRAMES
+    rng: np.random.Generator,
+    *,
+    heldout: bool = False,
+    num_frames: int = NUM_FRAMES,
+    travel_scale: float = 1.0,
 ) -> ShapeClip:
     """A random clip: (colour, shape) uniform over the training pairs (`heldout=False`) or over
     `HELDOUT` (`heldout=True`), motion uniform; total travel over `num_frames` frames in
-    `TRAVEL_RANGE`; start drawn so the object stays inside the frame throughout."""
+    `TRAVEL_RANGE` × `travel_scale` (e.g. 0.5: slow motion, the data of a speed LoRA); start
+    drawn so the object stays inside the frame throughout."""
     if num_frames < 2:
         raise ValueError(f"num_frames={num_frames}: a moving clip needs at least 2 frames")
+    check_travel_scale(travel_scale)
     pairs = training_pairs(heldout)
     colour, shape = pairs[rng.integers(len(pairs))]
     motion = MOTIONS[rng.integers(len(MOTIONS))]
     size = float(rng.uniform(*SIZE_RANGE))
-    travel = float(rng.uniform(*TRAVEL_RANGE))
+    travel = float(rng.uniform(*TRAVEL_RANGE)) * travel_scale
     low, high = size / 2 + _MARGIN, 1 - size / 2 - _MARGIN
     along = float(rng.uniform(low, high - travel))  # start on the motion axis, going forward
     across = float(rng.uniform(low, high))
@@ -117,6 +123,17 @@ def sample_clip(
         speed=travel / (num_frames - 1),
         background=_sample_background(rng),
     )
+
+
+def check_travel_scale(travel_scale: float) -> None:
+    """A ValueError unless clips `travel_scale` × `TRAVEL_RANGE` long fit in the frame with the
+    largest object."""
+    largest = (1 - SIZE_RANGE[1] - 2 * _MARGIN) / TRAVEL_RANGE[1]
+    if not 0 < travel_scale <= largest:
+        raise ValueError(
+            f"travel_scale={travel_scale}: use a number in (0, {int(largest * 100) / 100}]; "
+            "longer travels leave the frame"
+        )
 
 
 def _sample_background(rng: np.random.Generator) -> Background:
@@ -259,11 +276,14 @@ class ShapesSource:
         seed: int = 0,
         form: str = "video",
         heldout: bool = False,
+        travel_scale: float = 1.0,
     ):
         if form not in ("video", "image"):
             raise ValueError(f"form={form!r}; use 'video' or 'image'")
+        check_travel_scale(travel_scale)
         self.num_examples, self.size, self.num_frames = num_examples, size, num_frames
         self.seed, self.form, self.heldout = seed, form, heldout
+        self.travel_scale = travel_scale
 
     def __len__(self) -> int:
         return self.num_examples
@@ -273,7 +293,9 @@ class ShapesSource:
         if not 0 <= index < self.num_examples:
             raise IndexError(f"index {index} out of range for {self.num_examples} examples")
         rng = np.random.default_rng([self.seed, index])
-        clip = sample_clip(rng, heldout=self.heldout, num_frames=self.num_frames)
+        clip = sample_clip(
+            rng, heldout=self.heldout, num_frames=self.num_frames, travel_scale=self.travel_scale
+        )
         times = [0] if self.form == "image" else np.arange(self.num_frames)
         pixels = render(clip, self.size, times)
         return {"pixels": pixels, "caption": caption(clip, rng), "clip": clip}
@@ -281,5 +303,6 @@ class ShapesSource:
     def __repr__(self) -> str:
         return (
             f"ShapesSource({self.num_examples}, size={self.size}, num_frames={self.num_frames}, "
-            f"seed={self.seed}, form={self.form!r}, heldout={self.heldout})"
+            f"seed={self.seed}, form={self.form!r}, heldout={self.heldout}, "
+            f"travel_scale={self.travel_scale})"
         )

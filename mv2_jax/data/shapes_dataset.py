@@ -144,15 +144,24 @@ def build_shapes_dataset(
     seed: int = 0,
     workers: int = 1,
     overwrite: bool = False,
+    travel_scale: float = 1.0,
 ) -> Path:
     """Write `num_examples` shapes-world examples to `data_dir/video_text/1.0.0` (form
-    "video") or `data_dir/image_text/1.0.0` (form "image"); returns the dataset folder."""
+    "video") or `data_dir/image_text/1.0.0` (form "image"), objects travelling `travel_scale`
+    × the world's usual distance; returns the dataset folder."""
     if num_examples < 1 or size < 8 or num_frames < 2:
         raise ValueError(
             f"num_examples={num_examples}, size={size}, num_frames={num_frames}: need at least "
             "1 example, 8 pixels and 2 frames"
         )
-    source = ShapesSource(num_examples, size=size, num_frames=num_frames, seed=seed, form=form)
+    source = ShapesSource(
+        num_examples,
+        size=size,
+        num_frames=num_frames,
+        seed=seed,
+        form=form,
+        travel_scale=travel_scale,
+    )
     builder = ShapesVideoBuilder if form == "video" else ShapesImageBuilder
     tfds_bar = getattr(tqdm_utils, "_active", True)
     tqdm_utils.display_progress_bar(False)  # ours has the total; tfds's would interleave

@@ -34,7 +34,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mv2_jax.data.shapes import COLOURS, HELDOUT, MOTIONS, SHAPES, ShapeClip, render, sample_clip
+from mv2_jax.data.shapes import (
+    COLOURS,
+    DIRECTIONS,
+    HELDOUT,
+    MOTIONS,
+    SHAPES,
+    ShapeClip,
+    render,
+    sample_clip,
+)
 from mv2_jax.data.shapes_measure import measure
 
 PROMPT_SETS = ("heldout", "train", "all")
@@ -175,6 +184,7 @@ def score_video(frames, combination: Combination) -> dict:
     frames = np.asarray(frames, np.float32)
     seen = measure(frames)
     agrees = seen.agrees(combination.colour, combination.shape, combination.motion)
+    along = DIRECTIONS[combination.motion]  # unit vector of the prompted motion
     return {
         "video_read": {
             "colour": seen.colour,
@@ -184,6 +194,7 @@ def score_video(frames, combination: Combination) -> dict:
             "frames": len(frames),
         },
         **agrees,
+        "travel_fraction": seen.travel[0] * along[0] + seen.travel[1] * along[1],
         **track_smoothness(seen.centroids, frames.shape[1], frames.shape[2]),
     }
 
@@ -281,6 +292,7 @@ METRICS = (
     ("motion", "video: motion-direction accuracy", "percent"),
     ("consistent", "video keeps the key image's colour and shape", "percent"),
     ("first_frame_psnr", "I2V frame 0 vs key image: PSNR (dB)", "db"),
+    ("travel_fraction", "travel along the prompted motion, first → last frame (% of side)", "fine"),
     ("track_rms_px", "centroid track off a constant-velocity line: RMS (px)", "px"),
     ("track_rms_fraction", "centroid track off a constant-velocity line: RMS (% of side)", "fine"),
     ("found_fraction", "frames where the object is found", "percent"),

@@ -239,3 +239,34 @@ def test_measure_centroids_static_and_empty_clips():
     shift = np.array([0.08, -0.08, 0.08], np.float32)
     shifted = measure(np.clip(render(clip, 64, [0]) + shift, 0, 1))
     assert shifted.colour == clip.colour and shifted.motion == "none"
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.28])
+def test_a_travel_scale_scales_the_travel_and_keeps_objects_inside(scale):
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        clip = sample_clip(rng, travel_scale=scale)
+        centres = clip.centre(np.linspace(0, 7, 15))
+        assert (centres - clip.size / 2 >= 0).all() and (centres + clip.size / 2 <= 1).all()
+        assert 0.25 * scale - 1e-9 <= 7 * clip.speed <= 0.45 * scale + 1e-9
+    slow = ShapesSource(4, size=32, seed=1, travel_scale=0.5)[2]["clip"]
+    usual = ShapesSource(4, size=32, seed=1)[2]["clip"]
+    assert slow.speed == pytest.approx(usual.speed / 2)  # the same draws, half the travel
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, 1.3])
+def test_a_travel_scale_that_leaves_the_frame_is_refused(scale):
+    with pytest.raises(ValueError, match=r"travel_scale=.*use a number in \(0, 1\.28\]"):
+        ShapesSource(4, travel_scale=scale)
+
+
+def test_the_evaluation_reads_travel_along_the_prompted_motion():
+    from mv2_jax.evaluation.shapes import Combination, score_video
+
+    clip = dataclasses.replace(clips(1, seed=5)[0], shape="square", colour="red", motion="left")
+    clip = dataclasses.replace(clip, start=(0.7, 0.5), speed=0.05)
+    frames = render(clip, 64, np.arange(8))
+    travel = score_video(frames, Combination("red", "square", "left"))["travel_fraction"]
+    assert travel == pytest.approx(0.35, abs=0.01)
+    backwards = score_video(frames, Combination("red", "square", "right"))["travel_fraction"]
+    assert backwards == pytest.approx(-0.35, abs=0.01)
