@@ -1,6 +1,7 @@
 """A training run → a pipeline folder that `mv2_jax.load_pipeline` and `sample.py` read.
 
     python -m mv2_jax.training.export --workdir runs/i2v --out models/i2v [--step N] [--no-ema]
+    python -m mv2_jax.training.export --workdir runs/lora --out models/lora --lora-only
 
 The folder is the run's starting pipeline (VAE, text encoder, tokenizer, scheduler copied as
 they are) with the trained components written in orbax form beside their `config.json`:
@@ -11,7 +12,9 @@ they are) with the trained components written in orbax form beside their `config
   `_class_name` VideoToVideoPipeline;
 - vfi: no pipeline: the generator alone as a `FrameInterpolator` component folder
   (`mv2_jax.training.vfi.export_vfi`).
-The EMA weights are exported unless `ema=False`.
+The EMA weights are exported unless `ema=False`. A LoRA run (`config.model.lora`) exports its
+base with the LoRA fused in, or (`--lora-only`) the LoRA alone as a diffusers
+`pytorch_lora_weights.safetensors` (`mv2_jax.training.lora_export`).
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
+from mv2_jax.lora.leaves import fuse_lora_leaves
 from mv2_jax.training.checkpoint import restore_params, run_config
+from mv2_jax.training.lora import lora_settings
 from mv2_jax.weights.convert import write_component
 from mv2_jax.weights.load import read_config
 from mv2_jax.weights.new_folder import check_new_folder, new_folder
@@ -85,6 +92,10 @@ def export_pipeline(
         return getattr(importlib.import_module(module), function)(workdir, out, step, ema)
     pipeline = Path(config.model.pipeline) if config.model.pipeline else workdir / "init_pipeline"
     params = restore_params(workdir, step, ema)
+    lora = lora_settings(config)
+    if lora is not None:  # the base with the LoRA fused in, in the base's dtype
+        fused = fuse_lora_leaves(params, lora.multiplier, cast=True)
+        params = jax.tree.map(np.asarray, fused)
     if config.stage == "t2i":
         components = {"unet": (read_config(pipeline / "unet"), params)}
         index_class = None
@@ -155,9 +166,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-ema", action="store_true", help="the trained weights instead of their EMA"
     )
+    parser.add_argument(
+        "--lora-only",
+        action="store_true",
+        help="a LoRA run: write OUT/pytorch_lora_weights.safetensors (diffusers' LoRA format, "
+        "for load_lora_weights / sample.py --lora) instead of a pipeline folder",
+    )
     args = parser.parse_args(argv)
     try:
-        out = export_pipeline(args.workdir, args.out, args.step, ema=not args.no_ema)
+        if args.lora_only:
+            from mv2_jax.training.lora_export import export_lora
+
+            out = export_lora(args.workdir, args.out, args.step, ema=not args.no_ema)
+        else:
+            out = export_pipeline(args.workdir, args.out, args.step, ema=not args.no_ema)
     except (OSError, ValueError, NotImplementedError) as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 1
