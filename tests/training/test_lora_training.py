@@ -192,3 +192,37 @@ def test_diffusers_reads_the_export(image_data, tmp_path):
     expected = nchw_to_nhwc(expected.numpy())
     assert relative_error(base, expected) > 1e-4  # the LoRA changes the output
     assert relative_error(actual, expected) <= 1e-4
+
+
+def test_a_motion_lora_targets_the_motion_modules_and_exports_their_names(video_data, tmp_path):
+    """i2v: the default targets are the motion modules' attention projections alone; their
+    factors, written with diffusers' UNetMotionModel names, bind back to the same params."""
+    from configs.i2v import get_config, tiny_model
+    from mv2_jax.lora import parse_lora, resolve_lora
+    from mv2_jax.training.lora import lora_settings
+    from mv2_jax.training.lora_export import diffusers_lora_state
+    from mv2_jax.training.random_pipeline import write_random_pipeline
+    from mv2_jax.weights.motion import MOTION
+    from tests.training.conftest import with_overrides
+
+    pipeline = write_random_pipeline(tiny_model(), tmp_path / "i2v", seed=0)
+    overrides = {"model.pipeline": str(pipeline), "data.video_dir": str(video_data), **LORA}
+    config = with_overrides(get_config("tiny"), overrides)
+    stage = LoraStage.from_config(config, pipeline, make_mesh(config.mesh))
+    names = ["/".join(m) for m in stage.targets]
+    assert names and all(n.startswith("unet/") and "/motion_modules_" in n for n in names)
+    assert len(names) == 4 * 2 * 7  # q, k, v, out of attn1 and attn2 in 7 motion modules
+    shapes = stage.param_shapes()
+    rng = np.random.default_rng(0)
+    unet = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes["unet"])
+    state, metadata = diffusers_lora_state(unet, lora_settings(config), "UNetMotionModel")
+    assert (
+        "unet.down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q.lora_A.weight" in state
+    )
+    base = {k: v for k, v in flat(unet).items() if not k.endswith((DOWN, UP))}
+    base = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in base.items()})
+    bound = resolve_lora(parse_lora(state, metadata), "unet", base, MOTION.rules)
+    assert {"/".join(p[:-1]) for p in bound.updates} == {n.removeprefix("unet/") for n in names}
+    fused, expected = flat(merge_lora(base, [(bound, 1.0)])), flat(fuse_lora_leaves(unet, 2.0))
+    for name, value in expected.items():
+        np.testing.assert_allclose(fused[name], value, rtol=1e-6, atol=1e-5, err_msg=name)
