@@ -32,7 +32,9 @@ def torch_unet_with_lora(rank: int):
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS, init_lora_weights=False)
     unet.add_adapter(config, adapter_name="bench")
     with torch.no_grad():  # init_lora_weights=False draws both factors at random
-        state = {k: v.clone() for k, v in get_peft_model_state_dict(unet, adapter_name="bench").items()}
+        state = {
+            k: v.clone() for k, v in get_peft_model_state_dict(unet, adapter_name="bench").items()
+        }
     return unet, state
 
 
@@ -55,9 +57,11 @@ def time_ours(state, scales) -> tuple[float, list[float], int]:
 
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda event, *_, **__: compiles.append(event)
-        if event == "/jax/core/compile/backend_compile_duration"
-        else None
+        lambda event, *_, **__: (
+            compiles.append(event)
+            if event == "/jax/core/compile/backend_compile_duration"
+            else None
+        )
     )
     module, params = mv2_jax.load_component(reference_folder("sd15"))
     adapter = parse_lora({f"unet.{k}": v.numpy() for k, v in state.items()}, source="bench")
