@@ -221,8 +221,24 @@ def test_help_explains_every_flag():
         "--i2v-steps",
         "--reference-scale",
         "--noise-prior",
+        "--i2v-lora",
     } <= flags
     assert not {"--image", "--save-intermediates"} & flags
+
+
+def test_loras_are_part_of_the_settings_a_rerun_must_match(tmp_path, shipped):
+    from mv2_jax.cli.evaluate import settings, settings_of
+
+    lora = tmp_path / "motion.safetensors"
+    lora.write_bytes(b"")
+    parser = evaluate.build_parser()
+
+    def recorded(*extra):
+        flags = settings(parser.parse_args(["--out", str(tmp_path), *extra]))
+        return settings_of(flags, stage_flags.stage_settings(flags.cascade))
+
+    assert "loras" not in recorded()  # folders made before LoRAs keep matching
+    assert recorded("--i2v-lora", f"{lora}:0.5")["loras"] == {"i2v": [f"{lora}:0.5"]}
 
 
 def test_flag_problems_are_reported_together(tmp_path, capsys, shipped):

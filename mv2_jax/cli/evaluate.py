@@ -34,6 +34,7 @@ from mv2_jax.commands.common import (
     output_problems,
     versions,
 )
+from mv2_jax.commands.lora_flags import apply_loras
 from mv2_jax.commands.session import Session, run_command
 from mv2_jax.commands.stages import StageRunFlags
 from mv2_jax.commands.video import command_line
@@ -195,6 +196,10 @@ def settings_of(flags: EvaluateFlags, stage_settings: dict) -> dict:
         "negative_prompt": cascade.negative_prompt,
         "dtype": cascade.device.dtype,
     }
+    loras = {s: [str(lora) for lora in cascade.stages[s].lora] for s in ran
+             if cascade.stages[s].lora}  # fmt: skip
+    if loras:  # (only then: result folders made without LoRAs keep matching)
+        settings["loras"] = loras
     if run_cascade:
         settings.update(num_frames=cascade.num_frames, factor=cascade.factor)
         settings["ablate"] = sorted(set(flags.ablate))
@@ -278,6 +283,7 @@ class _Models:
                 self.session.progress(f"loading the T2I model {flags.models['t2i']}")
                 dtype = parse_dtype(flags.device.dtype)
                 pipe = mv2_jax.load_pipeline(flags.models["t2i"], dtype=dtype)
+                apply_loras(pipe, flags.stages["t2i"].lora, self.session.progress)
                 self._sampler = CascadeSampler(text_to_image=pipe, **common)
             else:
                 cascade = stage_flags.build_cascade(flags, None, self.session.progress)
