@@ -34,6 +34,26 @@ def run_worker(script: str, kind: str, flags: dict[str, object]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_spec_worker(script: str, spec: dict, label: str) -> dict:
+    """Run `python script --worker JSON(spec)` in its own process (its peak memory its own) and
+    return the JSON dict it prints last. A worker the kernel's OOM killer ends (SIGKILL) gives
+    `{"killed": True}` and what its last JSON line had said by then; any other failure raises
+    with the worker's stderr. `label` names the run in the progress lines."""
+    cmd = [sys.executable, script, "--worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode == -9:  # the configuration does not fit
+        print(f"  {label}: killed (out of memory)", file=sys.stderr, flush=True)
+        return {**(json.loads(lines[-1]) if lines else {}), "killed": True}
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise RuntimeError(f"worker {spec} failed (exit {proc.returncode})")
+    result = json.loads(lines[-1])
+    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
+    print(f"  {label}: {shown}", file=sys.stderr, flush=True)
+    return result
+
+
 def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()

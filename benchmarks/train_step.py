@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,7 +30,16 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))  # configs/
-from common import CACHE, machine, median, peak_rss_gb, rss_gb, table, timed  # noqa: E402
+from common import (  # noqa: E402
+    CACHE,
+    machine,
+    median,
+    peak_rss_gb,
+    rss_gb,
+    run_spec_worker,
+    table,
+    timed,
+)
 
 LR, WEIGHT_DECAY, ADAM_EPS, CLIP_NORM, MIN_SNR_GAMMA, EMA_DECAY = 1e-5, 1e-2, 1e-8, 1.0, 5.0, 0.9999
 REMATS = ("none", "full", "dots_no_batch")
@@ -72,16 +80,22 @@ def alphas_cumprod() -> np.ndarray:
 
 
 def inputs(name: str, sd15_size: int) -> dict:
-    """The step's inputs, channels-last: latents / noise `[B,h,w,4]`, context `[B,77,D]`,
-    timesteps `[B]` int32."""
+    """The step's inputs of a benchmark configuration (`step_inputs`)."""
     s = setup(name, sd15_size)
+    return step_inputs(s["batch"], (s["latent"], s["latent"]), s["context_dim"])
+
+
+def step_inputs(batch: int, latent_shape: tuple[int, ...], context_dim: int) -> dict:
+    """A step's inputs, channels-last, drawn in numpy from seed 0: latents / noise
+    `[B, *latent_shape, 4]` (`latent_shape` `(h, w)` or `(F, h, w)`), context `[B,77,D]`,
+    timesteps `[B]` int32."""
     rng = np.random.default_rng(0)
-    b, h = s["batch"], s["latent"]
+    shape = (batch, *latent_shape, 4)
     return dict(
-        latents=rng.standard_normal((b, h, h, 4), np.float32),
-        noise=rng.standard_normal((b, h, h, 4), np.float32),
-        context=rng.standard_normal((b, 77, s["context_dim"]), np.float32),
-        timesteps=rng.integers(0, 1000, (b,)).astype(np.int32),
+        latents=rng.standard_normal(shape, np.float32),
+        noise=rng.standard_normal(shape, np.float32),
+        context=rng.standard_normal((batch, 77, context_dim), np.float32),
+        timesteps=rng.integers(0, 1000, (batch,)).astype(np.int32),
     )
 
 
@@ -132,32 +146,40 @@ def jax_loss(unet):
 
 
 def jax_worker(spec: dict) -> dict:
-    import jax
-    import jax.numpy as jnp
-
     import mv2_jax
-    from mv2_jax.training.optim import make_optimizer, trainable_paths
-    from mv2_jax.training.state import create_state
-    from mv2_jax.training.step import make_train_step
+    from mv2_jax.training.optim import trainable_paths
 
     folder = unet_folder(spec["config"])
     unet, params = mv2_jax.load_component(folder)
     unet = unet.clone(remat_policy=spec["remat"])
-    optimizer = make_optimizer(
-        SimpleNamespace(
-            lr=LR, lr_schedule="constant", warmup_steps=0, total_steps=1, lr_end_factor=0.0,
-            adam_b1=0.9, adam_b2=0.999, adam_eps=ADAM_EPS, weight_decay=WEIGHT_DECAY,
-            grad_clip_norm=CLIP_NORM,
-        )
-    )  # fmt: skip
+    check = None
+    if spec.get("check"):
+        check = lambda state: compare(state.params, folder, Path(spec["check"]))  # noqa: E731
     paths = trainable_paths(params, ("*",))
+    batch = inputs(spec["config"], spec["sd15_size"])
+    return measure_jax_step(jax_loss(unet), params, paths, batch, spec["steps"], check)
+
+
+def measure_jax_step(loss_fn, params, paths, batch: dict, steps: int, after_first=None) -> dict:
+    """The trainer's step (`make_train_step`: AdamW and EMA on the params at `paths`, the rest
+    frozen) on `batch` (numpy, `step_inputs`), jitted with the state donated: compile seconds,
+    the compiled program's memory (`memory_analysis`), the first step (its loss and grad norm,
+    then `after_first(state)`'s entries), `steps` quiet steps and the peak RSS. What is known
+    after compiling is printed as a JSON line at once, so a run the OOM killer ends still
+    reports it."""
+    import jax
+    import jax.numpy as jnp
+
+    from mv2_jax.training.state import create_state
+    from mv2_jax.training.step import make_train_step
+
+    optimizer = benchmark_optimizer()
     state = create_state(params, optimizer, paths, seed=0)
     del params  # the state holds them; donated at the first step
     consts = {"alphas_cumprod": jnp.asarray(alphas_cumprod())}
-    batch = {k: jnp.asarray(v) for k, v in inputs(spec["config"], spec["sd15_size"]).items()}
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
     step = jax.jit(
-        make_train_step(jax_loss(unet), optimizer, paths, ema_decay=EMA_DECAY),
-        donate_argnums=(0,),
+        make_train_step(loss_fn, optimizer, paths, ema_decay=EMA_DECAY), donate_argnums=(0,)
     )
     state_gb = rss_gb()
     compiled = None
@@ -168,20 +190,10 @@ def jax_worker(spec: dict) -> dict:
 
     compile_s = timed(compile_step)
     memory = compiled.memory_analysis()
-
-    metrics = {}
-
-    def one_step():
-        nonlocal state, metrics
-        state, metrics = compiled(state, consts, batch)
-        jax.block_until_ready(metrics)
-
-    first_s = timed(one_step)
-    first = {k: float(v) for k, v in metrics.items()}  # loss and grad norm at the start weights
     result = dict(
         compile_s=compile_s,
-        first_step_s=first_s,
         state_rss_gb=state_gb,
+        argument_gb=memory.argument_size_in_bytes / 2**30,
         temp_gb=memory.temp_size_in_bytes / 2**30,
         xla_total_gb=(
             memory.argument_size_in_bytes
@@ -190,13 +202,35 @@ def jax_worker(spec: dict) -> dict:
             + memory.temp_size_in_bytes
         )
         / 2**30,
-        **first,
     )
-    if spec.get("check"):
-        result.update(compare(state.params, folder, Path(spec["check"])))
-    result["seconds"], result["foreign_load"] = timed_quietly(one_step, spec["steps"])
+    print(json.dumps(result), flush=True)
+    metrics = {}
+
+    def one_step():
+        nonlocal state, metrics
+        state, metrics = compiled(state, consts, batch)
+        jax.block_until_ready(metrics)
+
+    result["first_step_s"] = timed(one_step)
+    result.update({k: float(v) for k, v in metrics.items()})  # loss, grad norm at the start
+    if after_first is not None:
+        result.update(after_first(state))
+    result["seconds"], result["foreign_load"] = timed_quietly(one_step, steps)
     result["peak_rss_gb"] = peak_rss_gb()
     return result
+
+
+def benchmark_optimizer():
+    """The trainer's optimizer (`make_optimizer`) with this benchmark's settings."""
+    from mv2_jax.training.optim import make_optimizer
+
+    return make_optimizer(
+        SimpleNamespace(
+            lr=LR, lr_schedule="constant", warmup_steps=0, total_steps=1, lr_end_factor=0.0,
+            adam_b1=0.9, adam_b2=0.999, adam_eps=ADAM_EPS, weight_decay=WEIGHT_DECAY,
+            grad_clip_norm=CLIP_NORM,
+        )
+    )  # fmt: skip
 
 
 def compare(params, start_folder: Path, torch_folder: Path) -> dict:
@@ -234,25 +268,38 @@ def compare(params, start_folder: Path, torch_folder: Path) -> dict:
 
 def torch_worker(spec: dict) -> dict:
     import diffusers
-    import torch
 
     unet = diffusers.UNet2DConditionModel.from_pretrained(unet_folder(spec["config"])).train()
     if spec["remat"] != "none":
         unet.enable_gradient_checkpointing()
-    params = list(unet.parameters())
+    save = None
+    if spec.get("save"):
+        save = lambda: unet.save_pretrained(spec["save"], max_shard_size="500MB")  # noqa: E731
+    x = inputs(spec["config"], spec["sd15_size"])
+    return measure_torch_step(unet, list(unet.parameters()), x, spec["steps"], save)
+
+
+def measure_torch_step(unet, params: list, x: dict, steps: int, after_first=None) -> dict:
+    """The same step in PyTorch on `unet` (a diffusers UNet in train mode; `params` the ones
+    that train, their AdamW, clipping and EMA) and `x` (`step_inputs`, channels-last; channels
+    moved to axis 1 as diffusers reads them): the first step (loss, grad norm; then
+    `after_first()`), `steps` quiet steps, the peak RSS."""
+    import torch
+
     optimizer = torch.optim.AdamW(
         params, lr=LR, betas=(0.9, 0.999), eps=ADAM_EPS, weight_decay=WEIGHT_DECAY
     )
     ema = [p.detach().clone() for p in params]
-    x = {k: torch.from_numpy(v) for k, v in inputs(spec["config"], spec["sd15_size"]).items()}
-    latents, noise = (x[k].permute(0, 3, 1, 2).contiguous() for k in ("latents", "noise"))
-    timesteps, context = x["timesteps"].long(), x["context"]
+    latents, noise = (
+        torch.from_numpy(x[k]).movedim(-1, 1).contiguous() for k in ("latents", "noise")
+    )
+    timesteps, context = torch.from_numpy(x["timesteps"]).long(), torch.from_numpy(x["context"])
     ac = torch.from_numpy(alphas_cumprod())
     state_gb = rss_gb()
     metrics = {}
 
     def one_step():
-        a = ac[timesteps].view(-1, 1, 1, 1)
+        a = ac[timesteps].view(-1, *[1] * (latents.ndim - 1))
         noisy = a.sqrt() * latents + (1.0 - a).sqrt() * noise
         prediction = unet(noisy, timesteps, context).sample
         snr = ac[timesteps] / (1.0 - ac[timesteps])
@@ -269,9 +316,9 @@ def torch_worker(spec: dict) -> dict:
 
     first_s = timed(one_step)
     result = dict(first_step_s=first_s, state_rss_gb=state_gb, **metrics)
-    if spec.get("save"):
-        unet.save_pretrained(spec["save"], max_shard_size="500MB")
-    result["seconds"], result["foreign_load"] = timed_quietly(one_step, spec["steps"])
+    if after_first is not None:
+        after_first()
+    result["seconds"], result["foreign_load"] = timed_quietly(one_step, steps)
     result["peak_rss_gb"] = peak_rss_gb()
     return result
 
@@ -280,18 +327,7 @@ def torch_worker(spec: dict) -> dict:
 
 
 def in_subprocess(spec: dict) -> dict:
-    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode == -9:  # the kernel's OOM killer: the configuration does not fit
-        print(f"  {spec['kind']} remat={spec['remat']}: killed (out of memory)", file=sys.stderr)
-        return {"killed": True}
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise RuntimeError(f"worker {spec} failed (exit {proc.returncode})")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
-    print(f"  {spec['kind']} remat={spec['remat']}: {shown}", file=sys.stderr, flush=True)
-    return result
+    return run_spec_worker(__file__, spec, f"{spec['kind']} remat={spec['remat']}")
 
 
 def benchmark(name: str, args) -> tuple[list[list], list]:
