@@ -159,6 +159,18 @@ def test_progress_reminds_while_a_phase_runs_and_times_every_phase():
     assert 0.45 < seconds < 2.0
 
 
+def test_a_phase_with_its_own_bar_gets_no_reminders():
+    stream = io.StringIO()
+    progress = Progress(time.perf_counter(), remind_every=0.1, stream=stream)
+    progress("evaluating", reminders=False)
+    time.sleep(0.35)
+    progress("writing")
+    time.sleep(0.25)
+    progress.finish()
+    lines = stream.getvalue().splitlines()
+    assert lines[:2] == ["evaluating", "writing"] and lines[2].startswith("  … still writing")
+
+
 # ------------------------------------------------------------------------- Ctrl-C
 
 

@@ -295,7 +295,7 @@ class _Models:
                     vfi_batch_size=flags.vfi_batch_size,
                     **common,
                 )
-            self.session.progress("evaluating")
+            self.session.progress("evaluating", reminders=False)  # its bar shows it
         return self._sampler
 
     def sample(self, combination, seed_index):

@@ -34,12 +34,16 @@ class Progress:
         self._changed = threading.Condition(self._lock)
         self._finished = False
         self._last_line = time.perf_counter()
+        self._quiet = False  # the phase shows its own progress bar: no reminders
         self._reminder = threading.Thread(target=self._remind, name="progress", daemon=True)
         self._reminder.start()
 
-    def __call__(self, line: str) -> None:
+    def __call__(self, line: str, *, reminders: bool = True) -> None:
+        """Start the phase `line`; `reminders=False` for a phase that draws its own progress
+        bar (a reminder line would break it)."""
         with self._lock:
             now = time.perf_counter()
+            self._quiet = not reminders
             self.phases.append((line, now))
             self._write(line, now)
             self._changed.notify()
@@ -74,7 +78,7 @@ class Progress:
                     self._changed.wait(wait)
                     continue
                 name, start = self.phases[-1]
-                if len(self.phases) > 1:  # "imports" is over before the first line
+                if len(self.phases) > 1 and not self._quiet:  # "imports" ends at the first
                     now = time.perf_counter()
                     self._write(f"  … still {_brief(name)} ({now - start:.0f} s)", now)
                 else:
