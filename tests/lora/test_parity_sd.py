@@ -17,19 +17,10 @@ from mv2_jax.lora import bind_lora, merge_lora, parse_lora, read_lora  # noqa: E
 from mv2_jax.weights.mapping import WeightMismatchError  # noqa: E402
 from tests.lora import tiny  # noqa: E402
 from tests.reference import nchw_to_nhwc, randomize_, relative_error  # noqa: E402
+from tests.weights.tiny_models import UNET  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
-UNET = dict(
-    block_out_channels=(16, 32),
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32,
-    attention_head_dim=2,
-    layers_per_block=1,
-    norm_num_groups=8,
-    sample_size=8,
-)
 Q0 = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
 
 
