@@ -15,20 +15,9 @@ import mv2_jax  # noqa: E402
 from mv2_jax.lora import bind_lora, merge_lora, read_lora  # noqa: E402
 from tests.lora import tiny  # noqa: E402
 from tests.reference import randomize_, relative_error  # noqa: E402
+from tests.weights.tiny_models import MOTION_UNET  # noqa: E402
 
 pytestmark = pytest.mark.torch
-
-MOTION_UNET = dict(
-    block_out_channels=(16, 32),
-    down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
-    up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion"),
-    norm_num_groups=8,
-    cross_attention_dim=24,
-    motion_max_seq_length=8,
-    num_attention_heads=2,
-    motion_num_attention_heads=2,
-    layers_per_block=1,
-)
 
 
 @pytest.fixture(scope="module")

@@ -24,20 +24,11 @@ from mv2_jax.models.motion import UNetMotionModel  # noqa: E402
 from mv2_jax.weights.load import read_config  # noqa: E402
 from mv2_jax.weights.v2v import v2v_unet_from_i2v  # noqa: E402
 from tests.reference import randomize_, relative_error  # noqa: E402
+from tests.weights.tiny_models import MOTION_UNET  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
-I2V = dict(
-    block_out_channels=(16, 32),
-    down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
-    up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion"),
-    norm_num_groups=8,
-    cross_attention_dim=24,
-    motion_max_seq_length=8,
-    num_attention_heads=2,
-    motion_num_attention_heads=2,
-    layers_per_block=1,
-)
+I2V = MOTION_UNET
 
 
 def test_v2v_unet_from_i2v_starts_as_the_i2v_unet(tmp_path):

@@ -42,6 +42,18 @@ UNET = dict(
     norm_num_groups=8,
     sample_size=8,
 )
+# A tiny diffusers UNetMotionModel (AnimateDiff-like) config.
+MOTION_UNET = dict(
+    block_out_channels=(16, 32),
+    down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+    up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion"),
+    norm_num_groups=8,
+    cross_attention_dim=24,
+    motion_max_seq_length=8,
+    num_attention_heads=2,
+    motion_num_attention_heads=2,
+    layers_per_block=1,
+)
 VAE = dict(
     block_out_channels=(8, 16),
     down_block_types=("DownEncoderBlock2D",) * 2,
