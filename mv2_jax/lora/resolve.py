@@ -122,8 +122,19 @@ class _KohyaNames:
         path (an underscore next to a number may have been a dot: `down_blocks_0` ←
         `down_blocks.0`, `net_0_proj` ← `net.0.proj`), the first that the family's rules map
         back to it."""
-        module = self.modules.get(flat) or self.modules.get(self.from_ldm(flat) or "")
+        module = None
+        for name in (flat, *_text_model_spellings(flat)):
+            module = self.modules.get(name) or self.modules.get(self.from_ldm(name) or "")
+            if module is not None:
+                break
         return None if module is None else module_torch_name(self.keymap, module)
+
+
+def _text_model_spellings(flat: str) -> tuple[str, ...]:
+    """A text encoder's kohya name with and without CLIP's `text_model_` wrapper: trainers on
+    transformers ≥ 5 (whose CLIPTextModel dropped it) write names without it."""
+    prefix = "text_model_"
+    return (flat[len(prefix) :],) if flat.startswith(prefix) else (prefix + flat,)
 
 
 def module_torch_name(keymap: KeyMap, module: tuple[str, ...]) -> str | None:
