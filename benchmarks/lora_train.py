@@ -190,7 +190,7 @@ def rows_of(name: str, runs: dict, args) -> list[list]:
     for (framework, mode), r in runs.items():
         jax_run = framework == "jax"
         who = "mv2_jax" if jax_run else "PyTorch"
-        full = runs[framework, "full"]
+        full = runs.get((framework, "full"), {})
         reference = runs.get(("torch", "full" if mode == "full" else "lora"), {})
         if r.get("killed"):
             xla = [f"{r[k]:.2f}" if k in r else "" for k in ("argument_gb", "temp_gb")]
@@ -220,6 +220,9 @@ def main(argv=None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", nargs="+", choices=list(MODELS), default=["sd15", "motion"])
+    parser.add_argument(
+        "--runs", nargs="+", choices=[f"{f}:{m}" for f, m in RUNS], help="some runs (default all)"
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per run (median)")
     parser.add_argument("--size", type=int, default=256, help="SD1.5 image side in pixels")
     parser.add_argument("--motion-size", type=int, default=128, help="motion UNet frame side")
@@ -237,6 +240,8 @@ def main(argv=None) -> None:
         size = args.motion_size if video else args.size
         runs = {}
         for framework, mode in RUNS:
+            if args.runs and f"{framework}:{mode}" not in args.runs:
+                continue
             spec = dict(framework=framework, mode=mode, model=name, size=size,
                         frames=args.frames, steps=args.steps)  # fmt: skip
             runs[framework, mode] = run_spec_worker(__file__, spec, f"{name} {framework} {mode}")
