@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
-import math
 import os
 import platform
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import mv2_jax
+from mv2_jax.commands.finite import finite_float
 from mv2_jax.commands.lora_flags import LoraFlag, add_lora_flag, lora_problems
 from mv2_jax.diffusion.scheduler_names import SCHEDULER_NAMES as SCHEDULERS  # no jax yet
 from mv2_jax.dtypes import DTYPE_CHOICES
@@ -75,17 +75,6 @@ def unknown_flags_message(unknown: list[str], options: list[str]) -> str:
     near = difflib.get_close_matches(first, options, n=1, cutoff=0.6)
     hint = f"; did you mean {near[0]}?" if near and first.startswith("-") else ""
     return f"unrecognized arguments: {' '.join(unknown)}{hint}"
-
-
-def finite_float(text: str) -> float:
-    """A float flag's type: NaN and ±inf are refused (they would run, then write `NaN`)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
 
 
 def from_namespace(cls: type[Flags], args: argparse.Namespace, **given) -> Flags:

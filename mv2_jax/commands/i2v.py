@@ -6,7 +6,6 @@ and the cascade."""
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,13 +75,7 @@ def scale_or_off(text: str) -> float | None:
     """A conditioning weight: a finite number, or "off" (None: not computed at all)."""
     if text.lower() == "off":
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'off'") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
+    return finite_float(text)
 
 
 def add_parser(commands) -> None:

@@ -6,10 +6,11 @@ loads."""
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from mv2_jax.commands.finite import finite_float
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,10 @@ def lora_flag(text: str) -> LoraFlag:
     path, _, scale = text.rpartition(":")
     if path:
         try:
-            value = float(scale)
+            float(scale)
         except ValueError:
             return LoraFlag(text)
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text!r}: the scale {scale!r} is not finite")
-        return LoraFlag(path, value)
+        return LoraFlag(path, finite_float(scale))
     return LoraFlag(text)
 
 

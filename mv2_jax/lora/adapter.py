@@ -9,6 +9,7 @@ contract over the rank.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -16,6 +17,16 @@ import numpy as np
 
 # The components a LoRA file may target, by diffusers' pipeline attribute names.
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+
+def checked_scale(value, what: str) -> float:
+    """`value` as a float, refused (ValueError naming `what`) unless it is a finite number: a
+    NaN or infinite scale would fuse NaNs into every param it touches."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise ValueError(f"{what}: the LoRA scale must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{what}: the LoRA scale must be a finite number, got {value}")
+    return float(value)
 
 
 @dataclass(frozen=True)

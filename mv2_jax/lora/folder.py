@@ -6,13 +6,12 @@ params, in their stored dtype) and written again; the other components stay as w
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mv2_jax.lora.adapter import LoraAdapter
+from mv2_jax.lora.adapter import LoraAdapter, checked_scale
 from mv2_jax.lora.components import bind_components
 from mv2_jax.lora.merge import merge_lora
 from mv2_jax.lora.read import read_lora
@@ -23,10 +22,8 @@ Adapters = Sequence[tuple[LoraAdapter, float]]
 def read_loras(loras: Sequence[tuple[str | os.PathLike, float]]) -> list[tuple[LoraAdapter, float]]:
     """Each (path, scale) read (`read_lora`, every layout it knows); an unreadable file or a
     scale that is not finite stops before any is applied."""
-    for path, scale in loras:
-        if not math.isfinite(scale):
-            raise ValueError(f"{path}: the LoRA scale must be a finite number, got {scale}")
-    return [(read_lora(path), float(scale)) for path, scale in loras]
+    scales = [checked_scale(scale, str(path)) for path, scale in loras]
+    return [(read_lora(path), scale) for (path, _), scale in zip(loras, scales, strict=True)]
 
 
 def check_folder_loras(folder: str | os.PathLike, adapters: Adapters) -> None:

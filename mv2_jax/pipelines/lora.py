@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mv2_jax.lora import BoundLora, LoraAdapter, bind_components, merge_lora, read_lora
+from mv2_jax.lora.adapter import checked_scale
 
 
 @dataclass
@@ -76,7 +77,7 @@ class LoraMixin:
         for component in bound:
             state.base.setdefault(component, base[component][1])
         state.adapters[name] = bound
-        state.active[name] = _finite(scale, name)
+        state.active[name] = checked_scale(scale, name)
         self._fuse_adapters()
         return name
 
@@ -100,7 +101,7 @@ class LoraMixin:
         fused = [n for n in names if n in self._lora.fused]
         if fused:
             raise ValueError(f"adapters {fused} are fused; unfuse_lora() before reweighting them")
-        self._lora.active = {n: _finite(w, n) for n, w in zip(names, weights, strict=True)}
+        self._lora.active = {n: checked_scale(w, n) for n, w in zip(names, weights, strict=True)}
         self._fuse_adapters()
 
     def disable_lora(self) -> None:
@@ -124,7 +125,7 @@ class LoraMixin:
             raise ValueError(f"adapters {inactive} are not active (active: {list(state.active)})")
         for name in names:
             state.unfused[name] = weight = state.active.pop(name)
-            state.fused[name] = weight * _finite(lora_scale, "lora_scale")
+            state.fused[name] = weight * checked_scale(lora_scale, "lora_scale")
         self._fuse_adapters()
 
     def unfuse_lora(self) -> None:
@@ -154,10 +155,3 @@ class LoraMixin:
                 if component in (bound := state.adapters[name])
             ]
             self._set_component_params(component, merge_lora(base, updates) if updates else base)
-
-
-def _finite(value: float, what: str) -> float:
-    value = float(value)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{what}: the LoRA weight must be a finite number, got {value}")
-    return value

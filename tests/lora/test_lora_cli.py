@@ -57,7 +57,7 @@ def test_t2i_with_a_lora_writes_what_the_api_gives(tmp_path):
     "flags,message",
     [
         (["--i2v-lora", "/no/such.safetensors:0.5"], "--i2v-lora /no/such.safetensors: no such"),
-        (["--t2i-lora", "x:inf"], "the scale 'inf' is not finite"),
+        (["--t2i-lora", "x:inf"], "'inf' is not a finite number"),
     ],
 )
 def test_cascade_lora_flags_are_checked_first(capsys, tmp_path, flags, message):

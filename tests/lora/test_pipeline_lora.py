@@ -132,6 +132,8 @@ def test_bad_calls_change_nothing(sd, tmp_path):
         pipe.set_adapters(["a", "c"])
     with pytest.raises(ValueError, match="finite"):
         pipe.set_adapters("a", float("nan"))
+    with pytest.raises(ValueError, match="must be a number, got '1'"):
+        pipe.set_adapters("a", "1")
     fused_a = pipe.unet_params
     other = diffusers.UNet2DConditionModel(**{**dict(ref.unet.config), "cross_attention_dim": 24})
     state, config = tiny.lora_state(other, 5, r=2, target_modules=["to_k"])

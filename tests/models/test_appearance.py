@@ -18,6 +18,7 @@ from mv2_jax.models.appearance import (  # noqa: E402
     with_reference_scale,
 )
 from tests.reference import randomize_, relative_error  # noqa: E402
+from tests.weights.tiny_models import MOTION_UNET  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -34,14 +35,7 @@ UNET_2D = dict(
     attention_head_dim=(2, 4),
     transformer_layers_per_block=(2, 1),
 )
-UNET_MOTION = dict(
-    **SPATIAL,
-    down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
-    up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion"),
-    num_attention_heads=2,
-    motion_num_attention_heads=2,
-    motion_max_seq_length=8,
-)
+UNET_MOTION = MOTION_UNET  # the same spatial sizes as SPATIAL
 
 
 class ReferenceProcessor:

@@ -18,6 +18,7 @@ from mv2_jax.weights.ip_adapter import load_ip_adapter  # noqa: E402
 from mv2_jax.weights.mapping import WeightMismatchError  # noqa: E402
 from mv2_jax.weights.safetensors_io import CheckpointFileError  # noqa: E402
 from tests.reference import randomize_, relative_error  # noqa: E402
+from tests.weights.tiny_models import MOTION_UNET  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -38,17 +39,8 @@ UNET_2D = dict(
     sample_size=8,
 )
 # The motion UNet interleaves motion modules (whose attentions diffusers skips when numbering).
-UNET_MOTION = dict(
-    block_out_channels=(16, 32),
-    down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
-    up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion"),
-    layers_per_block=1,
-    num_attention_heads=2,
-    motion_num_attention_heads=2,
-    norm_num_groups=8,
-    cross_attention_dim=CROSS,
-    motion_max_seq_length=8,
-)
+UNET_MOTION = MOTION_UNET
+assert MOTION_UNET["cross_attention_dim"] == CROSS
 
 
 def _reference(kind: str, tmp_path, seed: int = 0):

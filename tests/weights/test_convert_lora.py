@@ -82,7 +82,7 @@ def test_flag_errors_are_one_line(sd, tmp_path, capsys):
     assert "one component's folder" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:  # the flag's own type: a usage error
         to_flax.main([str(src), "--out", out, "--lora", f"{file_a}:nan"])
-    assert exit_.value.code == 2 and "not finite" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "is not a finite number" in capsys.readouterr().err
 
 
 def test_lora_flag_reads_an_optional_scale():
