@@ -1,0 +1,91 @@
+"""Reading a study's votes out of the store: the export rows (one per vote, with the sides as
+the rater saw them) and the admin overview (progress and gold-check accuracy per rater)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, aliased
+
+from mv2_jax.studies.schema import Arm, Assignment, Pair, Rater, Study, Video, Vote
+
+
+def expected_vote(gold: str | None, a_on_left: bool) -> str | None:
+    """A gold pair's expected vote ("a" | "same" | "b" relative to the pair) as shown."""
+    if gold is None or gold == "same":
+        return gold
+    return "left" if (gold == "a") == a_on_left else "right"
+
+
+def export_rows(session: Session, study: Study) -> list[dict]:
+    video_a, video_b = aliased(Video), aliased(Video)
+    query = (
+        select(Vote, Assignment, Pair, Rater, video_a, video_b)
+        .join(Assignment, Vote.assignment_id == Assignment.id)
+        .join(Pair, Assignment.pair_id == Pair.id)
+        .join(Rater, Assignment.rater_id == Rater.id)
+        .join(video_a, Pair.video_a_id == video_a.id)
+        .join(video_b, Pair.video_b_id == video_b.id)
+        .where(Pair.study_id == study.id)
+        .order_by(Vote.created_at, Vote.id)
+    )
+    rows = []
+    for vote, assignment, pair, rater, a, b in session.execute(query):
+        left, right = (a, b) if assignment.a_on_left else (b, a)
+        rows.append(
+            {
+                "study": study.name,
+                "pair_id": pair.id,
+                "prompt": pair.prompt,
+                "seed": pair.seed,
+                "arm_left": left.arm,
+                "arm_right": right.arm,
+                "video_left": left.path,
+                "video_right": right.path,
+                "rater": rater.name,
+                "criterion": vote.criterion,
+                "vote": vote.vote,
+                "gold": expected_vote(pair.gold, assignment.a_on_left),
+                "created_at": vote.created_at.isoformat(),
+            }
+        )
+    return rows
+
+
+def overview(session: Session, study: Study) -> dict:
+    """Progress per rater (done / total assignments), gold checks right / voted, revoked."""
+    raters = []
+    votes = 0
+    for rater in session.scalars(select(Rater).where(Rater.study_id == study.id)):
+        assignments = session.execute(
+            select(Assignment, Pair.gold)
+            .join(Pair, Assignment.pair_id == Pair.id)
+            .where(Assignment.rater_id == rater.id)
+        ).all()
+        done = sum(a.voted_at is not None for a, _ in assignments)
+        gold_correct = gold_total = 0
+        gold_of = {a.id: expected_vote(g, a.a_on_left) for a, g in assignments if g is not None}
+        for vote in session.scalars(
+            select(Vote).join(Assignment).where(Assignment.rater_id == rater.id)
+        ):
+            votes += 1
+            if vote.assignment_id in gold_of:
+                gold_total += 1
+                gold_correct += vote.vote == gold_of[vote.assignment_id]
+        raters.append(
+            {
+                "rater": rater.name,
+                "done": done,
+                "total": len(assignments),
+                "gold_correct": gold_correct,
+                "gold_total": gold_total,
+                "revoked": rater.revoked,
+            }
+        )
+    arms = session.scalars(select(Arm.name).where(Arm.study_id == study.id).order_by(Arm.id))
+    return {
+        "study": study.name,
+        "criteria": study.criteria.split(","),
+        "arms": list(arms),
+        "raters": raters,
+        "votes": votes,
+    }

@@ -1,0 +1,65 @@
+"""Arms for study tests: small mp4 videos with the sidecars `sample.py batch` writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mv2_jax.media import write_video
+
+PROMPTS = ("a red circle moving right", "a blue square moving up", "a green triangle")
+
+
+def write_arm(folder: Path, items, shade: int, frames: int = 8, size: int = 32) -> Path:
+    """One mp4 + sidecar per (prompt, seed): a bright square on a background of `shade`,
+    moving one pixel a frame (so every arm and item differs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, (prompt, seed) in enumerate(items):
+        video = np.full((frames, size, size, 3), shade, np.uint8)
+        for f in range(frames):
+            x = (f + 3 * index + seed) % (size - 8)
+            video[f, 10:18, x : x + 8] = 255
+        stem = f"item{index:03d}-s{seed}"
+        write_video(video, folder / f"{stem}.mp4")
+        sidecar = {"prompt": prompt, "seed": seed, "negative_prompt": None, "video": f"{stem}.mp4"}
+        (folder / f"{stem}.json").write_text(json.dumps(sidecar))
+    return folder
+
+
+@pytest.fixture
+def arms(tmp_path):
+    """Two arms over the same 3 prompts × 2 seeds."""
+    items = [(p, s) for p in PROMPTS for s in (0, 1)]
+    return {"A": write_arm(tmp_path / "A", items, 40), "B": write_arm(tmp_path / "B", items, 90)}
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (tests/studies/postgres.py). Skipped where
+    the Debian binaries are missing, except under CI (`.ci/run` installs them): there it fails."""
+    from tests.studies.postgres import PostgresServer, postgres_bin
+
+    pytest.importorskip("psycopg")
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        message = "PostgreSQL binaries not found: apt-get install postgresql"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PostgresServer(bin_dir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A fresh study database: an SQLite file, or a new database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "study.db")
+    server = request.getfixturevalue("postgres_server")
+    return server.create_database(f"t{uuid.uuid4().hex[:12]}")
