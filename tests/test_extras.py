@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mv2_jax.extras import TRAIN_INSTALL, TRAIN_PACKAGES, missing_train_packages
+from mv2_jax.extras import EXTRAS, TRAIN_INSTALL, missing_train_packages
 
 ROOT = Path(__file__).resolve().parents[1]
 HIDE = "import runpy, sys; sys.modules.update(dict.fromkeys({hidden!r})); sys.argv = {argv!r}; "
@@ -58,9 +58,21 @@ def test_with_the_extra_nothing_is_missing():
     assert missing_train_packages() == []  # the test extra pulls [train] in
 
 
-def test_the_check_lists_the_train_extra_of_pyproject():
+@pytest.mark.parametrize("extra", sorted(EXTRAS))
+def test_the_check_lists_the_extra_of_pyproject(extra):
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    extra = project["optional-dependencies"]["train"]
-    names = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() for r in extra}
-    assert names == {d.lower() for d in TRAIN_PACKAGES.values()}
-    assert "mv2-jax[train]" in project["optional-dependencies"]["test"]
+    requirements = project["optional-dependencies"][extra]
+    names = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() for r in requirements}
+    assert names == {d.lower() for d in EXTRAS[extra][1].values()}
+    assert any("mv2-jax[" in r and extra in r for r in project["optional-dependencies"]["test"])
+
+
+def test_studies_without_the_extra_says_how_to_install_it():
+    argv = ["mv2_jax.studies", "export", "--db", "x.db", "--name", "s", "--out", "v.jsonl"]
+    run = "runpy.run_module('mv2_jax.studies', run_name='__main__', alter_sys=True)"
+    result = _run_without(["sqlalchemy", "krippendorff"], argv, run, cwd=ROOT)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.strip() == (
+        "python -m mv2_jax.studies: studies needs the [studies] extra (sqlalchemy, "
+        'krippendorff missing): pip install "mv2-jax[studies]"'
+    )

@@ -150,8 +150,11 @@ def build_parser(prog: str = "python -m mv2_jax.studies") -> argparse.ArgumentPa
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m mv2_jax.studies") -> int:
+    from mv2_jax.extras import require_extra
+
+    require_extra("studies", prog)
+    args = build_parser(prog).parse_args(argv)
     if args.command == "auto-rate":
         from mv2_jax.studies import auto_rate
 
@@ -170,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         store.close()
+
+
+def installed_main() -> int:
+    """The installed `mv2-study` command."""
+    return main(prog="mv2-study")
 
 
 def _create(store, args) -> int:
