@@ -13,6 +13,10 @@ SHIPPED = {
     "v2v": ASSETS / "shapes" / "v2v",
     "vfi": ASSETS / "vfi",
 }
+# LoRAs trained on the shipped models (docs/shapes.md): name → folder of a diffusers-format file.
+SHIPPED_LORAS = {
+    "slow_motion": ASSETS / "shapes" / "lora_slow_motion",  # the I2V's objects travel ~half as far
+}
 
 
 # How `sample.py` runs the shipped set unless told otherwise (cascade flags → values): the
