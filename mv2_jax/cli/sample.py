@@ -20,11 +20,19 @@ from __future__ import annotations
 import sys
 import time
 
-from mv2_jax.commands import cascade, i2v, t2i, t2v, v2v, vfi
+from mv2_jax.commands import batch, cascade, i2v, t2i, t2v, v2v, vfi
 from mv2_jax.commands.common import OneLineParser
 from mv2_jax.commands.session import run_command
 
-COMMANDS = {"cascade": cascade, "t2i": t2i, "t2v": t2v, "i2v": i2v, "v2v": v2v, "vfi": vfi}
+COMMANDS = {
+    "cascade": cascade,
+    "t2i": t2i,
+    "t2v": t2v,
+    "i2v": i2v,
+    "v2v": v2v,
+    "vfi": vfi,
+    "batch": batch,
+}
 COMING: dict[str, str] = {}
 CASCADE = 'python sample.py "a prompt" ... runs the whole cascade (`sample.py cascade --help`)'
 

@@ -14,6 +14,10 @@ from PIL import Image, ImageFilter
 from mv2_jax.media import read_video, to_uint8, write_video
 
 KINDS = ("same", "shuffled", "blurred")
+# The criteria each check has a right answer for (None: all). Shuffled frames break the
+# motion, not the frames; a blur ruins the frames, not the motion; neither reliably changes
+# the shapes' structure — on the other criteria "same" is as right as the original.
+CHECKED = {"same": None, "shuffled": {"overall", "consistency"}, "blurred": {"overall", "visual"}}
 
 
 @dataclass(frozen=True)

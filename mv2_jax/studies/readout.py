@@ -6,14 +6,23 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
+from mv2_jax.studies.criteria import VOTES
+from mv2_jax.studies.gold import CHECKED
 from mv2_jax.studies.schema import Arm, Assignment, Pair, Rater, Study, Video, Vote
 
 
-def expected_vote(gold: str | None, a_on_left: bool) -> str | None:
-    """A gold pair's expected vote ("a" | "same" | "b" relative to the pair) as shown."""
-    if gold is None or gold == "same":
-        return gold
-    return "left" if (gold == "a") == a_on_left else "right"
+def expected_vote(pair: Pair, a_on_left: bool, criterion: str) -> str | None:
+    """The vote a gold pair expects on `criterion`, as the rater saw the sides: "left",
+    "same" or "right"; "any" where its check has no right answer (gold.CHECKED); None for a
+    real pair."""
+    if pair.gold is None:
+        return None
+    checked = CHECKED.get(pair.gold_kind)
+    if checked is not None and criterion not in checked:
+        return "any"
+    if pair.gold == "same":
+        return "same"
+    return "left" if (pair.gold == "a") == a_on_left else "right"
 
 
 def export_rows(session: Session, study: Study) -> list[dict]:
@@ -44,7 +53,7 @@ def export_rows(session: Session, study: Study) -> list[dict]:
                 "rater": rater.name,
                 "criterion": vote.criterion,
                 "vote": vote.vote,
-                "gold": expected_vote(pair.gold, assignment.a_on_left),
+                "gold": expected_vote(pair, assignment.a_on_left, vote.criterion),
                 "created_at": vote.created_at.isoformat(),
             }
         )
@@ -57,20 +66,23 @@ def overview(session: Session, study: Study) -> dict:
     votes = 0
     for rater in session.scalars(select(Rater).where(Rater.study_id == study.id)):
         assignments = session.execute(
-            select(Assignment, Pair.gold)
+            select(Assignment, Pair)
             .join(Pair, Assignment.pair_id == Pair.id)
             .where(Assignment.rater_id == rater.id)
         ).all()
         done = sum(a.voted_at is not None for a, _ in assignments)
         gold_correct = gold_total = 0
-        gold_of = {a.id: expected_vote(g, a.a_on_left) for a, g in assignments if g is not None}
+        gold_of = {a.id: (p, a.a_on_left) for a, p in assignments if p.gold is not None}
         for vote in session.scalars(
             select(Vote).join(Assignment).where(Assignment.rater_id == rater.id)
         ):
             votes += 1
-            if vote.assignment_id in gold_of:
+            if vote.assignment_id not in gold_of:
+                continue
+            expected = expected_vote(*gold_of[vote.assignment_id], vote.criterion)
+            if expected in VOTES:
                 gold_total += 1
-                gold_correct += vote.vote == gold_of[vote.assignment_id]
+                gold_correct += vote.vote == expected
         raters.append(
             {
                 "rater": rater.name,

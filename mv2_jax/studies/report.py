@@ -278,7 +278,7 @@ def report(
         raise ValueError("confidence must lie in (0, 1) and n_bootstrap be at least 1")
     rows = check_rows(rows)
     real = [row for row in rows if row["gold"] is None]
-    gold = [row for row in rows if row["gold"] is not None]
+    gold = [row for row in rows if row["gold"] in VOTES]  # "any": a check this criterion skips
     arms = order_arms(real, reference, arms)
     rank = {arm: position for position, arm in enumerate(arms)}
     pairs = sorted(

@@ -76,7 +76,8 @@ class Video(Base):
 
 class Pair(Base):
     """Two videos of one (prompt, seed). `gold`: None for a real pair, else the vote an
-    attentive rater gives, relative to (a, b): "a", "same" or "b"."""
+    attentive rater gives, relative to (a, b): "a", "same" or "b"; `gold_kind` is the check
+    (gold.KINDS), which says the criteria it checks (gold.CHECKED)."""
 
     __tablename__ = "pairs"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -86,6 +87,7 @@ class Pair(Base):
     video_a_id: Mapped[int] = mapped_column(ForeignKey("videos.id"))
     video_b_id: Mapped[int] = mapped_column(ForeignKey("videos.id"))
     gold: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    gold_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)  # gold.KINDS
 
 
 class Rater(Base):

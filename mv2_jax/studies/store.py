@@ -154,15 +154,14 @@ class StudyStore:
                 keys, itertools.combinations(list(arms), 2)
             ):
                 a, b = items[arm_a][prompt, item_seed], items[arm_b][prompt, item_seed]
-                pairs.append(
-                    (prompt, item_seed, video(a.video, arm_a), video(b.video, arm_b), None)
-                )
+                a, b = video(a.video, arm_a), video(b.video, arm_b)
+                pairs.append((prompt, item_seed, a, b, None, None))
             sources = [(p, s, arm, items[arm][p, s].video) for arm in arms for p, s in keys]
             for check in make_gold_checks(sources, count, Path(media_dir or "."), seed):
                 a, b = video(check.a, check.arm), video(check.b, check.b_arm)
-                pairs.append((check.prompt, check.seed, a, b, check.expected))
+                pairs.append((check.prompt, check.seed, a, b, check.expected, check.kind))
             session.flush()
-            for prompt, item_seed, a, b, gold in pairs:
+            for prompt, item_seed, a, b, gold, gold_kind in pairs:
                 session.add(
                     Pair(
                         study_id=study.id,
@@ -171,6 +170,7 @@ class StudyStore:
                         video_a_id=a.id,
                         video_b_id=b.id,
                         gold=gold,
+                        gold_kind=gold_kind,
                     )
                 )
         return {"study": name, "arms": list(arms), "pairs": len(pairs) - count, "gold": count}

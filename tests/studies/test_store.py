@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -204,3 +205,28 @@ def test_schema_version_is_checked(tmp_path, arms):
         db.execute("create table studies (id integer)")
     with pytest.raises(RuntimeError, match="no schema_version table"):
         StudyStore(str(tmp_path / "b.db"))
+
+
+def test_per_aspect_gold_checks_expect_only_what_they_break(store, arms, tmp_path):
+    """A shuffled copy checks overall + consistency, a blurred one overall + visual; on the
+    other criteria any vote is right ("any"), and the rater's accuracy leaves them out."""
+    store.create_study(
+        "g", arms, criteria="overall,visual,consistency,structure", gold_rate=0.5,
+        media_dir=tmp_path / "media", seed=1,
+    )  # fmt: skip
+    token = store.invite("g", "cy")
+    _vote_all(store, token, choose=lambda item: "same")
+    gold = [r for r in store.export_rows("g") if r["gold"] is not None]
+    kinds = {}
+    for row in gold:
+        side = "left" if "~degraded" in row["arm_left"] else "right"
+        copy = Path(row[f"video_{side}"]).stem  # gold0001-shuffled.mp4
+        kind = copy.split("-")[1] if "~degraded" in row[f"arm_{side}"] else "same"
+        kinds.setdefault(kind, {})[row["criterion"]] = row["gold"]
+    assert set(kinds["same"].values()) == {"same"}
+    assert kinds["shuffled"]["visual"] == kinds["shuffled"]["structure"] == "any"
+    assert kinds["shuffled"]["overall"] == kinds["shuffled"]["consistency"] != "any"
+    assert kinds["blurred"]["consistency"] == kinds["blurred"]["structure"] == "any"
+    assert kinds["blurred"]["overall"] == kinds["blurred"]["visual"] != "any"
+    (cy,) = store.admin_overview()[0]["raters"]
+    assert (cy["gold_correct"], cy["gold_total"]) == (4, 8)  # "same" right only on the same pair
