@@ -7,6 +7,8 @@
     python sample.py vfi --input keyframes.mp4 --factor 3 --out frames.mp4
     python sample.py "a prompt" --t2i-model SD --i2v-model ANIMATEDIFF --out video.mp4
                                         the whole cascade: T2I → I2V → V2V → VFI
+    python sample.py batch --prompts prompts.txt --seeds 4 --out arm/
+                                        the cascade for every prompt × seed (a study's arm)
 
 Every image is written as `OUT/00000.png` with `OUT/00000.json` beside it holding the settings
 and library versions that made it; a video `OUT.mp4` gets `OUT.json`. Each subcommand lives in
