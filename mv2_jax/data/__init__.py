@@ -9,6 +9,9 @@ precomputed latents. Names load lazily, so `import mv2_jax` does not import tfds
     precompute_dataset(batches, encode_fn, out_dir, num_examples) -> Path
     make_precomputed_iterator(data_dir, global_batch_size, seed, process_index,
                               process_count, ...) -> TrainIterator
+    build_preference_dataset(data_dir, *, votes=None, pairs=None, pickapic=None, ...) -> Path
+    make_preference_iterator(data_dir, *, global_batch_size, height, width, ...) -> TrainIterator
+    make_precomputed_preference_iterator(data_dir, global_batch_size, ...) -> TrainIterator
 """
 
 import importlib
@@ -27,6 +30,9 @@ _EXPORTS = {
     "precompute_dataset": "precompute",
     "make_precomputed_iterator": "precompute",
     "SKIP_REASONS": "decode",
+    "build_preference_dataset": "preferences",
+    "make_preference_iterator": "preference_pipeline",
+    "make_precomputed_preference_iterator": "preference_pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

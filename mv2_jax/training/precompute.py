@@ -20,7 +20,6 @@ from mv2_jax.parallel.mesh import make_mesh
 
 def precompute(config, workdir: str | Path, out_dir: str | Path, num_examples: int) -> Path:
     from mv2_jax.data import precompute_dataset
-    from mv2_jax.training.config_data import data_iterator
     from mv2_jax.training.trainer import check_config, model_folder, stage_class
 
     if jax.process_count() != 1:
@@ -40,4 +39,6 @@ def precompute(config, workdir: str | Path, out_dir: str | Path, num_examples: i
         prepared.pop("position", None)
         return jax.device_get(encode(consts, prepared))
 
-    return precompute_dataset(data_iterator(config), encode_fn, out_dir, num_examples)
+    # The stage's own batches: config.data's for t2i/i2v/v2v, preference pairs for DPO.
+    batches = stage.make_data_iterator(config)
+    return precompute_dataset(batches, encode_fn, out_dir, num_examples)
