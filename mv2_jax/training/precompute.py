@@ -20,7 +20,7 @@ from mv2_jax.parallel.mesh import make_mesh
 
 def precompute(config, workdir: str | Path, out_dir: str | Path, num_examples: int) -> Path:
     from mv2_jax.data import precompute_dataset
-    from mv2_jax.training.trainer import check_config, model_folder, stage_class
+    from mv2_jax.training.trainer import check_config, model_folder, run_stage_class, stage_class
 
     if jax.process_count() != 1:
         raise ValueError("precompute in one process: the dataset holds the whole global order")
@@ -30,7 +30,10 @@ def precompute(config, workdir: str | Path, out_dir: str | Path, num_examples: i
     workdir = Path(workdir).absolute()
     mesh = make_mesh(config.mesh)
     folder = model_folder(config, workdir)
-    stage = stage_class(config.stage).from_config(config, folder, mesh, workdir=workdir)
+    # A Diffusion-DPO config (configs/dpo.py) precomputes its pairs (mv2_jax.training.dpo).
+    dpo = config.get("dpo") is not None
+    cls = run_stage_class(config) if dpo else stage_class(config.stage)
+    stage = cls.from_config(config, folder, mesh, workdir=workdir)
     consts = jax.device_put(stage.consts, NamedSharding(mesh, PartitionSpec()))
     encode = jax.jit(stage.encode_for_precompute)
 

@@ -4,6 +4,7 @@ stages (`mv2_jax.training.stage`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,15 @@ class TextToImageStage(LatentDiffusionStage):
         if latents.ndim == 5:  # precomputed `[B,1,h,w,c]`
             latents = latents[:, 0]
         context, pooled = self.text_context(consts, batch, k_drop)
+        predict = self.predictor(params, latents, context, pooled)
+        return self.denoising_loss(consts, latents, k_time, k_noise, predict)
+
+    def predictor(
+        self, params, latents, context, pooled=None
+    ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+        """`predict(noisy, timesteps)` of the UNet for `latents` `[B,h,w,c]` and their text
+        (`context` `[B,L,D]`; SDXL: `pooled` `[B,P]` and the micro-conditioning of the
+        latents' size)."""
         added = None
         if self.sdxl:
             b, h, w = latents.shape[:3]
@@ -68,7 +78,7 @@ class TextToImageStage(LatentDiffusionStage):
                 {"params": params}, noisy, timesteps, context, added_cond_kwargs=added
             )
 
-        return self.denoising_loss(consts, latents, k_time, k_noise, predict)
+        return predict
 
     def example_batch(self, batch_size: int, height: int, width: int) -> dict:
         """Shapes of one prepared batch (numpy zeros), for tracing the step ahead of data."""

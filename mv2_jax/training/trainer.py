@@ -38,6 +38,8 @@ STAGES = {
     "vfi": "mv2_jax.training.vfi:FrameInterpolationStage",
     "vae": "mv2_jax.training.vae:AutoencoderStage",
     "clip": "mv2_jax.training.clip:ContrastiveStage",
+    "reward_model": "mv2_jax.training.reward_model:RewardModelStage",
+    "reward_gradient": "mv2_jax.training.reward_gradient:RewardGradientStage",
 }
 
 
@@ -51,13 +53,19 @@ def stage_class(name: str) -> type[TrainingStage]:
 
 def run_stage_class(config) -> type[TrainingStage]:
     """The class of the run's stage: config.stage's, or `LoraStage` around it where
-    `config.model.lora.rank` > 0 (`mv2_jax.training.lora`)."""
+    `config.model.lora.rank` > 0 (`mv2_jax.training.lora`); a config with a `dpo` section
+    (configs/dpo.py) tunes that stage's model on preference pairs (`mv2_jax.training.dpo`)."""
+    if config.get("dpo") is not None:
+        from mv2_jax.training.dpo import PreferenceStage
+
+        return check_stage_class(PreferenceStage, "dpo")
     return LoraStage if lora_settings(config) else stage_class(config.stage)
 
 
 def check_config(config) -> None:
     """Errors that would otherwise surface minutes later, deep in a trace."""
-    cls = stage_class(config.stage)
+    stage_class(config.stage)
+    cls = run_stage_class(config)
     lora_settings(config)  # a LoRA on a stage without one, or without targets
     per_step = jax.process_count() * config.grad_accum_steps
     if config.batch_size % per_step:
@@ -91,6 +99,20 @@ def model_folder(config, workdir: Path) -> Path:
     return written_once(
         workdir / "init_pipeline", lambda out: write_random_pipeline(init, out, config.seed)
     )
+
+
+def place_consts(consts: dict, mesh) -> dict:
+    """A stage's frozen arrays on `mesh`: replicated, except those the stage placed on the
+    mesh itself (Diffusion-DPO's frozen reference, sharded like the params it copies)."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def place(x):
+        sharding = getattr(x, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh == mesh:
+            return x
+        return jax.device_put(x, replicated)
+
+    return jax.tree.map(place, consts)
 
 
 def global_batch(local: dict, mesh, rules) -> dict:
@@ -127,7 +149,7 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
     paths = trainable_paths(abstract_params, stage.trainable_patterns(config.trainable))
     optimizer = make_optimizer(config)
     replicated = NamedSharding(mesh, PartitionSpec())
-    consts = jax.device_put(stage.consts, replicated)
+    consts = place_consts(stage.consts, mesh)
 
     # ---- data and state: the newest checkpoint, else a fresh state from the pipeline's params
     iterator = stage.make_data_iterator(config)
