@@ -32,7 +32,7 @@ from mv2_jax.training.stage import dtype_of
 
 log = logging.getLogger(__name__)
 
-LORA_STAGES = ("t2i", "i2v", "v2v")
+LORA_STAGES = ("t2i", "i2v", "v2v", "reward_gradient")
 TRAINABLE = (f"*/{DOWN}", f"*/{UP}")  # the trainer's trainable subset: the factors alone
 _INIT_STREAM = 0x10AA  # folded into the run's seed for the factors' init
 
