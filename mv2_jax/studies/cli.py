@@ -5,6 +5,7 @@
     revoke   --db study.db --name i2v-steps --rater ann
     serve    --db study.db [--host 127.0.0.1] [--port 8000] [--admin-token T]
     auto-rate --url http://127.0.0.1:8000/rate?token=… --judge shapes
+    label    --arm runs/samples --judge shapes --out pairs.jsonl   (no study: a judge's pairs)
     export   --db study.db --name i2v-steps --out votes.jsonl
     report   --db study.db --name i2v-steps [--out DIR]
 
@@ -53,7 +54,7 @@ def _rate(text: str) -> float:
 
 
 def build_parser(prog: str = "python -m mv2_jax.studies") -> argparse.ArgumentParser:
-    from mv2_jax.studies import auto_rate
+    from mv2_jax.studies import auto_rate, label
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -147,6 +148,7 @@ def build_parser(prog: str = "python -m mv2_jax.studies") -> argparse.ArgumentPa
     )
 
     auto_rate.add_parser(commands)
+    label.add_parser(commands)
     return parser
 
 
@@ -155,10 +157,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m mv2_jax.studies")
 
     require_extra("studies", prog)
     args = build_parser(prog).parse_args(argv)
-    if args.command == "auto-rate":
-        from mv2_jax.studies import auto_rate
+    if args.command in ("auto-rate", "label"):  # no database: the HTTP API, or files
+        from mv2_jax.studies import auto_rate, label
 
-        return auto_rate.run(args)
+        return {"auto-rate": auto_rate, "label": label}[args.command].run(args)
     from mv2_jax.studies.store import StudyError, StudyStore
 
     try:

@@ -31,6 +31,21 @@ def write_arm(folder: Path, items, shade: int, frames: int = 8, size: int = 32) 
     return folder
 
 
+def write_shapes_arm(folder: Path, clips, blur: bool, seeds=None) -> Path:
+    """Shapes-world clips rendered at 64² × 8 frames (blurred as gold checks blur, if asked),
+    each with its caption as the prompt and seed 0 (or `seeds[i]`)."""
+    from mv2_jax.data.shapes import caption, render
+    from mv2_jax.studies.gold import blur_frames
+    from mv2_jax.studies.sidecar import write_sidecar
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, clip in enumerate(clips):
+        pixels = (np.clip(render(clip, 64, np.arange(8)), 0, 1) * 255).round().astype(np.uint8)
+        video = write_video(blur_frames(pixels) if blur else pixels, folder / f"{index}.mp4")
+        write_sidecar(video, caption(clip), 0 if seeds is None else seeds[index])
+    return folder
+
+
 @pytest.fixture
 def arms(tmp_path):
     """Two arms over the same 3 prompts × 2 seeds."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,12 +15,10 @@ import pytest
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("fastapi")
 
-from mv2_jax.data.shapes import caption, render, sample_clip
-from mv2_jax.media import write_video
+from mv2_jax.data.shapes import sample_clip
 from mv2_jax.studies.cli import main
-from mv2_jax.studies.gold import blur_frames
-from mv2_jax.studies.sidecar import write_sidecar
 from mv2_jax.studies.store import StudyStore
+from tests.studies.conftest import write_shapes_arm
 from tests.studies.load import Server, free_port
 
 
@@ -84,21 +81,12 @@ def test_errors_are_one_line(arms, tmp_path, capsys):
     assert "cannot open the study database" in capsys.readouterr().err
 
 
-def _shapes_arm(folder: Path, clips, blur: bool) -> Path:
-    for index, clip in enumerate(clips):
-        frames = render(clip, 64, np.arange(8))
-        pixels = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
-        video = write_video(blur_frames(pixels) if blur else pixels, folder / f"{index}.mp4")
-        write_sidecar(video, caption(clip), 0)
-    return folder
-
-
 @pytest.mark.slow
 def test_auto_rate_through_a_real_server_prefers_the_sharp_arm(tmp_path):
     rng = np.random.default_rng(3)
     clips = [sample_clip(rng, num_frames=8) for _ in range(6)]
-    sharp = _shapes_arm(tmp_path / "sharp", clips, blur=False)
-    blurred = _shapes_arm(tmp_path / "blurred", clips, blur=True)
+    sharp = write_shapes_arm(tmp_path / "sharp", clips, blur=False)
+    blurred = write_shapes_arm(tmp_path / "blurred", clips, blur=True)
     db = str(tmp_path / "s.db")
     store = StudyStore(db)
     store.create_study("loop", {"sharp": sharp, "blurred": blurred}, gold_rate=0.5,
