@@ -135,9 +135,6 @@ def _write_mp4(pixels: np.ndarray, path: Path, fps: float, crf: int) -> None:
             "crf": str(crf),
             "x264-params": "colorprim=bt709:transfer=bt709:colormatrix=bt709",
         }
-        # One encoder thread: with x264's frame threads the same frames sometimes encode to
-        # different pixels (up to 41/255 apart), so two runs of one seed gave different files.
-        stream.codec_context.thread_count = 1
         for frame in pixels:
             rgb = av.VideoFrame.from_ndarray(frame, format="rgb24")
             yuv = rgb.reformat(format="yuv420p", dst_colorspace="itu709")
