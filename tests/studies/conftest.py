@@ -12,6 +12,14 @@ import pytest
 
 from mv2_jax.media import write_video
 
+if os.environ.get("CI"):
+    # CI installs the [studies] extra (and httpx): a missing package fails these tests
+    # instead of letting their importorskip lines skip them.
+    import fastapi  # noqa: F401
+    import httpx  # noqa: F401
+    import psycopg  # noqa: F401
+    import sqlalchemy  # noqa: F401
+
 PROMPTS = ("a red circle moving right", "a blue square moving up", "a green triangle")
 
 
@@ -78,3 +86,21 @@ def store_url(request, tmp_path):
         return str(tmp_path / "study.db")
     server = request.getfixturevalue("postgres_server")
     return server.create_database(f"t{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def server_store(tmp_path, arms):
+    """A store with the server tests' study s1 (server_fixtures.open_store), closed after."""
+    from tests.studies.server_fixtures import open_store
+
+    with open_store(tmp_path, arms) as store:
+        yield store
+
+
+@pytest.fixture
+def client(server_store):
+    """A TestClient on the study app over `server_store`, admin token server_fixtures.ADMIN."""
+    from tests.studies.server_fixtures import open_client
+
+    with open_client(server_store) as client:
+        yield client

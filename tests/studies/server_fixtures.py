@@ -1,6 +1,6 @@
 """What the study server's tests share: a real StudyStore on SQLite with one study ("s1": arms A
 and B, criteria visual and consistency), a TestClient on the app over it, and a vote body.
-Each test module wraps `open_store` / `open_client` in its own two-line fixtures."""
+tests/studies/conftest.py makes the `server_store` / `client` fixtures of them."""
 
 from __future__ import annotations
 

@@ -15,19 +15,15 @@ pytest.importorskip("httpx")
 pytest.importorskip("sqlalchemy")
 
 from mv2_jax.studies.http_guards import BodyLimit
-from tests.studies.server_fixtures import STUDY, open_client, open_store, vote_body
+from tests.studies.server_fixtures import (
+    STUDY,
+    vote_body,
+)
 
 
 @pytest.fixture
-def store(tmp_path, arms):
-    with open_store(tmp_path, arms) as store:
-        yield store
-
-
-@pytest.fixture
-def client(store):
-    with open_client(store) as client:
-        yield client
+def store(server_store):
+    return server_store
 
 
 def test_whole_session_next_vote_until_finished(client, store):

@@ -16,19 +16,17 @@ pytest.importorskip("sqlalchemy")
 from mv2_jax.studies.admin_table import live_table
 from mv2_jax.studies.http_guards import DropQueryString
 from mv2_jax.studies.store import StudyStore
-from tests.studies.server_fixtures import ADMIN, STUDY, open_client, open_store, vote_body
+from tests.studies.server_fixtures import (
+    ADMIN,
+    STUDY,
+    open_client,
+    vote_body,
+)
 
 
 @pytest.fixture
-def store(tmp_path, arms):
-    with open_store(tmp_path, arms) as store:
-        yield store
-
-
-@pytest.fixture
-def client(store):
-    with open_client(store) as client:
-        yield client
+def store(server_store):
+    return server_store
 
 
 def test_admin_routes_need_the_admin_token(client, store):
