@@ -56,9 +56,10 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> Iterator[dict]:
             yield {k: row.get(k) for k in reader.fieldnames}
 
 
-def _read_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[dict]:
+def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; a line that is not a
+    JSON object is a ManifestError naming it."""
     with path.open(encoding="utf-8") as f:
-        first = True
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -68,10 +69,16 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[dict]:
                 raise ManifestError(f"{path}:{number}: not a JSON object ({e})") from e
             if not isinstance(row, dict):
                 raise ManifestError(f"{path}:{number}: expected a JSON object per line")
-            if first:
-                _check_columns(path, list(row), required)
-                first = False
-            yield row
+            yield number, row
+
+
+def _read_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[dict]:
+    first = True
+    for _, row in jsonl_objects(path):
+        if first:
+            _check_columns(path, list(row), required)
+            first = False
+        yield row
 
 
 def read_parquet(

@@ -24,16 +24,15 @@ side, as in Bradley–Terry with ties counted half a win each (VideoAlign's tie 
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from mv2_jax.data.manifest import ManifestError
+from mv2_jax.data.manifest import ManifestError, jsonl_objects
 from mv2_jax.data.preferences import resolve_media
+from mv2_jax.studies.criteria import VOTES  # no study dependencies: names only
 
-VOTES = ("left", "same", "right")  # mv2_jax.studies.criteria.VOTES
 TIES = ("drop", "keep")
 AGGREGATES = ("majority", "each")
 REQUIRED = ("pair_id", "prompt", "video_left", "video_right", "rater", "criterion", "vote")
@@ -48,28 +47,19 @@ def read_vote_rows(path: Path) -> list[dict]:
             "mv2_jax.studies export --out votes.jsonl`)"
         )
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ManifestError(f"{path}:{number}: not a JSON object ({e})") from e
-            if not isinstance(row, dict):
-                raise ManifestError(f"{path}:{number}: expected a JSON object per line")
-            missing = [name for name in REQUIRED if name not in row]
-            if missing:
-                raise ManifestError(
-                    f"{path}:{number}: lacks {', '.join(missing)}; votes rows are the rows of "
-                    "`python -m mv2_jax.studies export`"
-                )
-            if row["vote"] not in VOTES or row.get("gold") not in (*VOTES, "any", None):
-                raise ManifestError(
-                    f"{path}:{number}: vote {row['vote']!r} / gold {row.get('gold')!r}; a vote "
-                    f"is one of {', '.join(VOTES)} (gold also 'any' or null)"
-                )
-            rows.append({**row, "_line": number})
+    for number, row in jsonl_objects(path):
+        missing = [name for name in REQUIRED if name not in row]
+        if missing:
+            raise ManifestError(
+                f"{path}:{number}: lacks {', '.join(missing)}; votes rows are the rows of "
+                "`python -m mv2_jax.studies export`"
+            )
+        if row["vote"] not in VOTES or row.get("gold") not in (*VOTES, "any", None):
+            raise ManifestError(
+                f"{path}:{number}: vote {row['vote']!r} / gold {row.get('gold')!r}; a vote "
+                f"is one of {', '.join(VOTES)} (gold also 'any' or null)"
+            )
+        rows.append({**row, "_line": number})
     return rows
 
 

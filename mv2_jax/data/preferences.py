@@ -17,7 +17,6 @@ One dataset holds one kind: an image pair and a video pair cannot share a batch.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import os
@@ -30,7 +29,7 @@ import tensorflow_datasets as tfds
 
 from mv2_jax.data.builders import _BYTES, _VERSION, _build
 from mv2_jax.data.decode import BadExample, decode_image
-from mv2_jax.data.manifest import ManifestError
+from mv2_jax.data.manifest import ManifestError, jsonl_objects
 
 log = logging.getLogger(__name__)
 
@@ -77,36 +76,25 @@ def jsonl_pairs(path: str | os.PathLike, media_dir=None):
     if not path.is_file():
         raise ManifestError(f"{path}: no such pairs file")
     media_dir = path.parent if media_dir is None else Path(media_dir)
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ManifestError(f"{where}: not a JSON object ({e})") from e
-            missing = [
-                k
-                for k in ("prompt", "chosen", "rejected")
-                if not isinstance(row, dict) or k not in row
-            ]
-            if missing:
-                raise ManifestError(
-                    f"{where}: lacks {missing}; each line is "
-                    '{"prompt", "chosen", "rejected"[, "weight"]}'
-                )
-            weight = row.get("weight", 1.0)
-            if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
-                raise ManifestError(f"{where}: weight {weight!r} must be a positive number")
-            yield {
-                "prompt": str(row["prompt"]),
-                "chosen": resolve_media(row["chosen"], media_dir),
-                "rejected": resolve_media(row["rejected"], media_dir),
-                "weight": weight,
-                "criterion": "",
-                "origin": f"{path.name}:{number}",
-            }
+    for number, row in jsonl_objects(path):
+        where = f"{path}:{number}"
+        missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
+        if missing:
+            raise ManifestError(
+                f"{where}: lacks {missing}; each line is "
+                '{"prompt", "chosen", "rejected"[, "weight"]}'
+            )
+        weight = row.get("weight", 1.0)
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
+            raise ManifestError(f"{where}: weight {weight!r} must be a positive number")
+        yield {
+            "prompt": str(row["prompt"]),
+            "chosen": resolve_media(row["chosen"], media_dir),
+            "rejected": resolve_media(row["rejected"], media_dir),
+            "weight": weight,
+            "criterion": "",
+            "origin": f"{path.name}:{number}",
+        }
 
 
 def resolve_media(path, media_dir: Path) -> Path:
