@@ -238,8 +238,7 @@ def _report(store, args) -> int:
 
     out = args.out or Path(f"{args.name}-report")
     rows = store.export_rows(args.name)
-    arms = next(s["arms"] for s in store.admin_overview() if s["study"] == args.name)
-    write_report(rows, out, arms=arms, gold_threshold=args.gold_threshold)
+    write_report(rows, out, arms=store.arms(args.name), gold_threshold=args.gold_threshold)
     print(f"{out}: report.md, report.json, report.png ({len(rows)} votes)")
     return 0
 

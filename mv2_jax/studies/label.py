@@ -68,9 +68,9 @@ def label_pairs(grouped: dict[str, list[Path]], judge, criterion: str, progress=
                 yield None, vote
                 continue
             chosen, rejected = (a, b) if vote == "left" else (b, a)
-            scores = {"left": judgement.left, "right": judgement.right}
+            scores = {"left": judgement.left.as_dict(), "right": judgement.right.as_dict()}
             yield {"prompt": prompt, "chosen": str(chosen), "rejected": str(rejected),
-                   "criterion": criterion, "scores": _plain(scores)}, vote  # fmt: skip
+                   "criterion": criterion, "scores": scores}, vote  # fmt: skip
 
 
 def run(args) -> int:
@@ -94,19 +94,8 @@ def run(args) -> int:
         for row, vote in label_pairs(grouped, make_judge(args.judge), args.criterion, bar):
             counts[vote] += 1
             if row is not None:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(row, default=float) + "\n")  # numpy scalars too
     os.replace(partial, args.out)
     decisive = counts["left"] + counts["right"]
     print(f"{args.out}: {decisive} pairs ({counts['same']} ties left out) from {total} judged")
     return 0
-
-
-def _plain(value):
-    """Scores as JSON: dataclasses through their as_dict, numpy scalars as floats."""
-    if hasattr(value, "as_dict"):
-        return _plain(value.as_dict())
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return float(value) if hasattr(value, "__float__") and not isinstance(value, int) else value

@@ -180,6 +180,13 @@ class StudyStore:
                 )
         return {"study": name, "arms": list(arms), "pairs": len(pairs) - count, "gold": count}
 
+    def arms(self, study: str) -> list[str]:
+        """The study's arm names, in the order `create` was given them."""
+        with self._session() as session:
+            study_id = self._study(session, study).id
+            query = select(Arm.name).where(Arm.study_id == study_id).order_by(Arm.id)
+            return list(session.scalars(query))
+
     def studies(self) -> list[str]:
         with self._session() as session:
             return list(session.scalars(select(Study.name).order_by(Study.id)))
