@@ -4,10 +4,12 @@ that runs one of ours and the matching diffusers scheduler side by side, step by
 The fake model is `0.3·x + 0.1·cos(t/100)` on both sides (the cosine taken in float64 on the host
 from the same timestep value). Stochastic schedulers get the same per-step noise: step `i` uses
 `torch.randn(shape, generator=Generator().manual_seed(SEED + i))`, which diffusers draws itself
-when given that generator (DDPM, Euler ancestral: `randn_tensor` is exactly this call on CPU) or
-takes as `variance_noise` (DDIM).
+when given that generator (DDPM, Euler ancestral, LCM, TCD: `randn_tensor` is exactly this call
+on CPU) or takes as `variance_noise` (DDIM). diffusers takes DDIM's and TCD's `eta` in `step`, we
+in the config (`STEP_ETA`).
 """
 
+import types
 from functools import partial
 
 import jax
@@ -19,6 +21,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from mv2_jax.diffusion.schedulers import SCHEDULERS, make_scheduler  # noqa: E402
+from mv2_jax.diffusion.schedulers.lcm import ConsistencyScheduler as Consistency  # noqa: E402
 
 TOL = 1e-5
 MAX_STEPS = 64  # every table padded to this: one compile per scheduler config
@@ -41,6 +44,22 @@ SD15 = {  # runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json (no s
 # The same as written by newer diffusers (this repository's single-file default).
 SD15_LEADING = dict(SD15, prediction_type="epsilon", timestep_spacing="leading")
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+STEP_ETA = ("ddim", "tcd")  # the schedulers whose `eta` diffusers passes to `step`
+GENERATOR_NOISE = ("ddpm", "euler_a", "lcm", "tcd")  # those that draw from `generator`
+
+
+def img2img_timesteps(ref, n, strength):
+    """The SD img2img pipeline's own `get_timesteps` on diffusers scheduler `ref` after
+    `set_timesteps(n)` (it also sets the scheduler's begin index)."""
+    pipe = types.SimpleNamespace(scheduler=ref)
+    timesteps, _ = diffusers.StableDiffusionImg2ImgPipeline.get_timesteps(pipe, n, strength, "cpu")
+    return timesteps
+
+
+def room_for_max_steps(name: str) -> dict:
+    """Config overrides that let scheduler `name` take up to `MAX_STEPS` steps: the consistency
+    schedulers' timesteps are a subset of `original_inference_steps` (50 by default)."""
+    return {"original_inference_steps": 100} if issubclass(SCHEDULERS[name], Consistency) else {}
 
 
 @partial(jax.jit, static_argnums=0)
@@ -58,10 +77,12 @@ def ref_step(ref, name, t, x, i, eta):
     c = 0.1 * np.cos(float(t) / 100)
     out = 0.3 * ref.scale_model_input(x, t) + c
     kw = {}
-    if name in ("ddpm", "euler_a"):
+    if name in GENERATOR_NOISE:
         kw["generator"] = torch.Generator().manual_seed(SEED + i)
     if name == "ddim" and eta > 0:
         kw.update(eta=eta, variance_noise=_noise(i))
+    if name == "tcd":
+        kw["eta"] = eta
     return ref.step(out, t, x, **kw).prev_sample
 
 
@@ -70,10 +91,18 @@ def our_step(sched, tables, state, i, x):
     return advance(sched, tables, state, jnp.int32(i), x, jnp.asarray(_noise(i).numpy()), c)
 
 
-def check_parity(name, cfg, steps=(7, 25), eta=0.0, run_scale=False, **overrides) -> float:
+def step_eta(sched) -> float:
+    """The `eta` to pass diffusers' `step` for our scheduler `sched` (0 where it has none)."""
+    return sched.config["eta"] if sched.name in STEP_ETA else 0.0
+
+
+def check_parity(name, cfg, steps=(7, 25), eta=None, run_scale=False, **overrides) -> float:
     """Run both schedulers for each step count; the worst per-step relative error: to the
-    step's output scale, or with `run_scale` to the largest sample of the run so far."""
-    sched = make_scheduler(cfg, name, **overrides, **({"eta": eta} if name == "ddim" else {}))
+    step's output scale, or with `run_scale` to the largest sample of the run so far. `eta`
+    (DDIM, TCD): None for our default."""
+    given = {"eta": eta} if eta is not None and name in STEP_ETA else {}
+    sched = make_scheduler(cfg, name, **overrides, **given)
+    eta = step_eta(sched)
     worst = 0.0
     for n in steps:
         ref = DIFFUSERS[name].from_config(cfg, **overrides)

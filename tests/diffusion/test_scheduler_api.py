@@ -3,7 +3,6 @@ pipeline, fixed table shapes, the padded jitted loop, diffusers' `from_config` k
 and clear errors for what is not implemented."""
 
 import inspect
-import types
 from functools import partial
 
 import jax
@@ -30,8 +29,11 @@ from tests.diffusion.scheduler_harness import (  # noqa: E402
     SD15_LEADING,
     SHAPE,
     TOL,
+    img2img_timesteps,
     our_step,
     ref_step,
+    room_for_max_steps,
+    step_eta,
 )
 from tests.reference import relative_error  # noqa: E402
 
@@ -47,13 +49,6 @@ def _torch_one_thread():
 # ---- img2img / SDEdit ------------------------------------------------------------------------
 
 
-def _pipeline_timesteps(ref, n, strength):
-    """The SD img2img pipeline's own `get_timesteps` (it also sets the scheduler's begin index)."""
-    pipe = types.SimpleNamespace(scheduler=ref)
-    timesteps, _ = diffusers.StableDiffusionImg2ImgPipeline.get_timesteps(pipe, n, strength, "cpu")
-    return timesteps
-
-
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_start_index_and_add_noise(name):
     sched = make_scheduler(SD15_LEADING, name)
@@ -64,7 +59,7 @@ def test_start_index_and_add_noise(name):
         for strength in (0.0, 0.1, 0.3, 0.5, 0.75, 0.99, 1.0):
             ref = DIFFUSERS[name].from_config(SD15_LEADING)
             ref.set_timesteps(n)
-            timesteps = _pipeline_timesteps(ref, n, strength)
+            timesteps = img2img_timesteps(ref, n, strength)
             start = sched.start_index(n, strength)
             np.testing.assert_array_equal(
                 tables["timesteps"][start : tables["num_steps"]], timesteps.numpy()
@@ -86,7 +81,7 @@ def test_img2img_run(name):
     sched = make_scheduler(SD15_LEADING, name)
     ref = DIFFUSERS[name].from_config(SD15_LEADING)
     ref.set_timesteps(n)
-    timesteps = _pipeline_timesteps(ref, n, strength)
+    timesteps = img2img_timesteps(ref, n, strength)
     start = sched.start_index(n, strength)
     init = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
@@ -95,7 +90,7 @@ def test_img2img_run(name):
     x = sched.add_noise(tables, jnp.asarray(init.numpy()), jnp.asarray(noise.numpy()), start)
     state = sched.init_state(x)
     for k, t in enumerate(timesteps):
-        x_ref = ref_step(ref, name, t, x_ref, start + k, 0.0)
+        x_ref = ref_step(ref, name, t, x_ref, start + k, step_eta(sched))
         x, state = our_step(sched, tables, state, start + k, x)
         assert relative_error(x, x_ref.numpy()) <= TOL, (name, k)
 
@@ -105,7 +100,7 @@ def test_img2img_run(name):
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_tables_fixed_shapes(name):
-    sched = make_scheduler(SD15_LEADING, name)
+    sched = make_scheduler(SD15_LEADING, name, **room_for_max_steps(name))
     shapes = None
     for n in (1, 7, 25, 61, 63):
         tables = sched.tables(n, MAX_STEPS)

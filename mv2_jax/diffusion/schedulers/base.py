@@ -70,6 +70,15 @@ def x0_from_output(prediction_type: str, sample, model_output, alpha, sigma):
     return model_output
 
 
+def eps_from_output(prediction_type: str, sample, model_output, x0, alpha, sigma):
+    """ε̂ under xₜ = α x₀ + σ ε, given x̂₀ = `x0` (unclipped) from the same model output."""
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "v_prediction":  # v = α ε − σ x₀  ⇒  ε = α v + σ xₜ
+        return alpha * model_output + sigma * sample
+    return (sample - alpha * x0) / sigma
+
+
 def _pad(table: np.ndarray, n: int, max_steps: int) -> np.ndarray:
     """Pad a per-step table (`n` or `n + 1` long) with its last value up to `max_steps` (+1)."""
     length = table.shape[0]
@@ -152,14 +161,17 @@ class Scheduler:
         """Unpadded tables: per-step arrays (`num_steps` or `num_steps + 1` long) and scalars."""
         raise NotImplementedError
 
-    def tables(self, num_inference_steps: int, max_steps: int) -> dict[str, np.ndarray]:
+    def tables(
+        self, num_inference_steps: int, max_steps: int, **schedule_options
+    ) -> dict[str, np.ndarray]:
         """Everything the loop needs for `num_inference_steps`, per-step arrays padded (with
         their last, finite value) to `max_steps` (+1), so every step count has the same shapes.
         `num_steps` can exceed `num_inference_steps` by one: diffusers' `trailing` spacing gives
-        n + 1 timesteps for some n (e.g. 61), and so do we."""
+        n + 1 timesteps for some n (e.g. 61), and so do we. `schedule_options` go to
+        `step_tables` (the consistency schedulers' `strength`)."""
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be ≥ 1, got {num_inference_steps}.")
-        raw = self.step_tables(num_inference_steps)
+        raw = self.step_tables(num_inference_steps, **schedule_options)
         n = len(raw["timesteps"])
         if n > max_steps:
             raise ValueError(f"{self.name}: {n} steps do not fit in max_steps={max_steps}.")
@@ -212,7 +224,7 @@ def register(cls: type[Scheduler]) -> type[Scheduler]:
 # diffusers classes we do not implement, run with the nearest algorithm of the same time
 # discretisation (their configs' betas, spacing and prediction type are kept): PNDM (PLMS, SD1.x's
 # default) → DDIM, the k-diffusion family → Euler / Euler ancestral, other DPM-Solver variants →
-# DPM-Solver++(2M). Flow-matching, consistency and other families are refused.
+# DPM-Solver++(2M). Flow-matching and other families are refused.
 FALLBACKS = {
     "PNDMScheduler": "ddim",
     "LMSDiscreteScheduler": "euler",

@@ -11,7 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from mv2_jax.diffusion import schedules
-from mv2_jax.diffusion.schedulers.base import Scheduler, State, Tables, register, x0_from_output
+from mv2_jax.diffusion.schedulers.base import (
+    Scheduler,
+    State,
+    Tables,
+    eps_from_output,
+    register,
+    x0_from_output,
+)
 from mv2_jax.diffusion.schedulers.ddpm import (
     DISCRETE_DEFAULTS,
     NO_THRESHOLDING,
@@ -65,12 +72,7 @@ class DDIM(Scheduler):
         a, s = at("sqrt_alpha"), at("sqrt_one_minus_alpha")
         pred = self.config["prediction_type"]
         x0 = x0_from_output(pred, x, out, a, s)
-        if pred == "epsilon":
-            eps = out
-        elif pred == "sample":
-            eps = (x - a * x0) / s
-        else:  # v = α ε − σ x₀  ⇒  ε = α v + σ x
-            eps = a * out + s * x
+        eps = eps_from_output(pred, x, out, x0, a, s)
         x0 = clip_x0(self, x0)  # ε̂ stays unclipped, as diffusers' default use_clipped_model_output
         prev = at("sqrt_alpha_prev") * x0 + at("coef_eps") * eps
         if self.config["eta"] > 0:
