@@ -180,6 +180,7 @@ class UNetMotionModel(UNet2DConditionModel):
     `class_labels[B]` feed the class embedding (any `class_embed_type` of the 2D UNet; with
     `num_class_embeds` a table indexed by integer labels, as the SD x4 upscaler's noise level),
     once per video like the timestep. diffusers' `UNetMotionModel` has no class embedding.
+    `timestep_cond[B, time_cond_proj_dim]` (LCM's guidance embedding) is per video too.
 
     Residuals may be per video `[B,F,h,w,c]` or per frame `[B·F,h,w,c]`. At F=1 the motion
     modules run over a single frame, as in diffusers; `skip_motion_for_images=True` skips them

@@ -68,7 +68,12 @@ class _BlockSettings(NamedTuple):
 class UNet2DConditionModel(nn.Module):
     """Conditional UNet. Call: `(sample[B,H,W,C], timesteps[B] or scalar,
     encoder_hidden_states[B,L,D], added_cond_kwargs=None, down_block_additional_residuals=None,
-    mid_block_additional_residual=None, class_labels=None, timestep_cond=None) → [B,H,W,C']`."""
+    mid_block_additional_residual=None, class_labels=None, timestep_cond=None) → [B,H,W,C']`.
+
+    With `time_cond_proj_dim` (guidance-distilled LCM checkpoints) `timestep_cond[B,
+    time_cond_proj_dim]` is the guidance-scale embedding (`mv2_jax.diffusion.guidance.
+    guidance_scale_embedding`), added to the timestep features through `time_embedding.cond_proj`;
+    without it nothing is added, as diffusers skips cond_proj for `timestep_cond=None`."""
 
     in_channels: int = 4
     out_channels: int = 4

@@ -33,7 +33,9 @@ def convert_state(
     """diffusers/transformers-layout tensors → Flax params (numpy, in `dtype`), strictly."""
     module, family = build_module(dict(config), dtype, where=what or "config.json")
     shapes = param_shapes(module, family)
-    return convert_state_dict(state, shapes, family.rules, dtype=dtype, what=what or "checkpoint")
+    return convert_state_dict(
+        state, shapes, family.rules, dtype=dtype, what=what or "checkpoint", hints=family.hints
+    )
 
 
 def write_component(out: str | os.PathLike, config: Mapping[str, Any], params: Mapping) -> Path:

@@ -91,7 +91,13 @@ def load_component(
         state = read_weights_folder(folder, family.weights_stem, variant)
         place = _placer(shapes, shardings)
         params = convert_state_dict(
-            state, shapes, family.rules, dtype=param_dtype, what=str(folder), place=place
+            state,
+            shapes,
+            family.rules,
+            dtype=param_dtype,
+            what=str(folder),
+            place=place,
+            hints=family.hints,
         )
     return module, params
 

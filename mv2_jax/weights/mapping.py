@@ -6,7 +6,9 @@ Flax modules in this project are named after their PyTorch counterparts (`down_b
 a table of `Rule`s for the keys that differ (legacy names, buffers to drop, forced transforms).
 
 Strict: every Flax param must be filled and every tensor used, with shapes checked, else
-`WeightMismatchError` lists the missing, unexpected and mis-shaped keys.
+`WeightMismatchError` lists the missing, unexpected and mis-shaped keys, with the advice of each
+family `Hint` whose keys are among them (a config option that the weights and config.json set
+differently, say).
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ class Rule:
     pattern: str
     target: str | None
     transform: str | None = None
+
+
+@dataclass(frozen=True)
+class Hint:
+    """Advice for a mismatch: `message` is added to the error when a missing, unexpected or
+    mis-shaped key (PyTorch `a.b.weight` or Flax `a/b/kernel`) contains a match of `pattern`."""
+
+    pattern: str
+    message: str
 
 
 def _conv_kernel(w):
@@ -159,13 +170,15 @@ def convert_state_dict(
     dtype=None,
     what: str = "checkpoint",
     place: Callable[[tuple[str, ...], np.ndarray], Any] | None = None,
+    hints: Sequence[Hint] = (),
 ) -> dict:
     """Map a PyTorch state dict onto the Flax param tree whose shapes are `target_shapes`
     (a nested dict of arrays or `jax.ShapeDtypeStruct`, e.g. from `jax.eval_shape`).
 
     Returns nested dicts of numpy arrays in `dtype` (or each param's own dtype), or of whatever
     `place(path, array)` makes of each one as soon as it is converted (e.g. a device array with
-    its sharding), so that at most one converted tensor at a time lives in host memory."""
+    its sharding), so that at most one converted tensor at a time lives in host memory.
+    `hints` add their advice to the error (see `Hint`)."""
     keymap = KeyMap(target_shapes, rules)
     out: dict[tuple[str, ...], np.ndarray] = {}
     sources: dict[tuple[str, ...], str] = {}
@@ -192,7 +205,9 @@ def convert_state_dict(
         sources[path] = key
     missing = ["/".join(p) for p in keymap.flat if p not in out and not _is_misshaped(p, misshaped)]
     if missing or unexpected or misshaped:
-        raise WeightMismatchError(what, missing, unexpected, misshaped)
+        keys = [*missing, *unexpected, *(item[0] for item in misshaped)]
+        advice = [h.message for h in hints if any(re.search(h.pattern, k) for k in keys)]
+        raise WeightMismatchError(what, missing, unexpected, misshaped, hint="\n".join(advice))
     return traverse_util.unflatten_dict(out)
 
 

@@ -22,7 +22,7 @@ from mv2_jax.weights.load import read_config
 from mv2_jax.weights.mapping import Rule, convert_state_dict
 from mv2_jax.weights.registry import Family, param_shapes, register
 from mv2_jax.weights.safetensors_io import read_weights_folder
-from mv2_jax.weights.unet import TRANSFORMER_RULES, unet_example_inputs
+from mv2_jax.weights.unet import TIME_COND_PROJ_HINT, TRANSFORMER_RULES, unet_example_inputs
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ MOTION = register(
         ),
         example_inputs=motion_example_inputs,
         rules=MOTION_RULES,
+        hints=(TIME_COND_PROJ_HINT,),
     ),
     "UNetMotionModel",
 )
@@ -166,5 +167,6 @@ def merge_motion_unet(
         dtype=dtype,
         what=what,
         place=lambda path, value: jnp.asarray(value),
+        hints=MOTION.hints,
     )
     return module, params, config

@@ -15,17 +15,18 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from mv2_jax.weights.mapping import Rule
+from mv2_jax.weights.mapping import Hint, Rule
 
 
 @dataclass(frozen=True)
 class Family:
     """`build(config, dtype)` → module; `example_inputs(module)` → (args, kwargs) for `init`;
-    `rules` for `convert_state_dict`; `weights_stem` names the safetensors file(s)."""
+    `rules` and `hints` for `convert_state_dict`; `weights_stem` names the safetensors file(s)."""
 
     build: Callable[[Mapping[str, Any], Any], nn.Module]
     example_inputs: Callable[[nn.Module], tuple[tuple, dict]]
     rules: tuple[Rule, ...] = ()
+    hints: tuple[Hint, ...] = ()
     weights_stem: str = "diffusion_pytorch_model"
 
 

@@ -7,11 +7,21 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 
 from mv2_jax.models.unet import UNet2DConditionModel
-from mv2_jax.weights.mapping import Rule
+from mv2_jax.weights.mapping import Hint, Rule
 from mv2_jax.weights.registry import Family, register
 
 # Keys that differ from the mechanical `a.0.b` → `a_0/b` rule.
 TRANSFORMER_RULES = (Rule(r"(.*)\.ff\.net\.0\.proj\.(weight|bias)", r"\1.ff.net_0_proj.\2"),)
+
+# The guidance-scale embedding of LCM-distilled UNets exists only with `time_cond_proj_dim`.
+TIME_COND_PROJ_HINT = Hint(
+    r"^time_embedding[./]cond_proj[./]",
+    "  time_embedding.cond_proj is the guidance-scale embedding of guidance-distilled (LCM) "
+    "UNets, present exactly when config.json sets time_cond_proj_dim: a checkpoint whose "
+    'time_embedding.cond_proj.weight has shape [C, D] needs "time_cond_proj_dim": D in '
+    "config.json, and a config with time_cond_proj_dim needs that tensor. Use the config.json "
+    "that came with the weights.",
+)
 
 
 def unet_example_inputs(unet: UNet2DConditionModel) -> tuple[tuple, dict]:
@@ -61,6 +71,7 @@ UNET = register(
         ),
         example_inputs=unet_example_inputs,
         rules=TRANSFORMER_RULES,
+        hints=(TIME_COND_PROJ_HINT,),
     ),
     "UNet2DConditionModel",
 )

@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 import mv2_jax  # noqa: E402
+from mv2_jax.diffusion.guidance import guidance_scale_embedding  # noqa: E402
 from mv2_jax.models.motion import UNetMotionModel  # noqa: E402
 from mv2_jax.weights.motion import load_motion_unet  # noqa: E402
 from tests.reference import randomize_, relative_error  # noqa: E402
@@ -68,7 +69,12 @@ def _videos(cfg: dict, frames: int, seed: int = 0):
 def _torch_video(ref, sample, t, context, **kwargs):
     """diffusers' output as `[B,F,H,W,C]`; it takes `[B,C,F,H,W]` and one context per frame."""
     frames = sample.shape[1]
-    kwargs = {k: {n: torch.from_numpy(v) for n, v in d.items()} for k, d in kwargs.items()}
+    kwargs = {
+        k: {n: torch.from_numpy(v) for n, v in d.items()}
+        if isinstance(d, dict)
+        else torch.from_numpy(d)
+        for k, d in kwargs.items()
+    }
     with torch.no_grad():
         out = ref(
             torch.from_numpy(sample).permute(0, 4, 1, 2, 3),
@@ -96,6 +102,25 @@ def test_motion_unet_matches_diffusers(tmp_path, name):
         actual = _apply(module, params, sample, t, context, **kwargs)
         assert actual.shape == (2, frames, 8, 8, 4)
         assert relative_error(actual, expected) <= 1e-4, frames
+
+
+def test_lcm_guidance_embedding_with_and_without_timestep_cond(tmp_path):
+    """`time_cond_proj_dim` on the motion UNet: one guidance embedding per video (diffusers
+    repeats the time embedding over the frames), and none, where diffusers skips cond_proj."""
+    cfg = {**BASE, **CONFIGS["default"], "layers_per_block": 1, "time_cond_proj_dim": 24}
+    ref = randomize_(diffusers.UNetMotionModel(**cfg))
+    ref.save_pretrained(tmp_path)
+    module, params = mv2_jax.load_component(tmp_path)
+    assert module.time_cond_proj_dim == 24
+    sample, t, context, _ = _videos(cfg, 3)
+    embedding = np.asarray(guidance_scale_embedding(np.array([6.0 - 1, 1.5 - 1]), 24))
+    outputs = []
+    for kwargs in ({"timestep_cond": embedding}, {}):
+        expected = _torch_video(ref, sample, t, context, **kwargs)
+        actual = _apply(module, params, sample, t, context, **kwargs)
+        assert relative_error(actual, expected) <= 1e-4, list(kwargs)
+        outputs.append(actual)
+    assert relative_error(outputs[0], outputs[1]) > 1e-2  # the embedding acts
 
 
 def test_controlnet_residuals_per_video(tmp_path):

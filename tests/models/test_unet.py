@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 import mv2_jax  # noqa: E402
+from mv2_jax.diffusion.guidance import guidance_scale_embedding  # noqa: E402
 from tests.reference import nchw_to_nhwc, randomize_, relative_error  # noqa: E402
 
 BASE = dict(norm_num_groups=8, sample_size=8)
@@ -208,6 +209,30 @@ def test_controlnet_residuals(tmp_path):
         mid_block_additional_residual=nchw_to_nhwc(mid),
     )
     assert relative_error(actual, nchw_to_nhwc(expected)) <= 1e-4
+
+
+def test_lcm_guidance_embedding_with_and_without_timestep_cond(tmp_path):
+    """An LCM-distilled SD1.5-like UNet (`time_cond_proj_dim`, as LCM-Dreamshaper): conditioned on
+    the guidance embedding of w = guidance_scale − 1 as diffusers' LCM pipeline builds it, and
+    with no `timestep_cond`, where diffusers skips cond_proj."""
+    cfg = {**CONFIGS["sd15"], "time_cond_proj_dim": 32}
+    ref, module, params = _load_pair(tmp_path, cfg)
+    assert params["time_embedding"]["cond_proj"]["kernel"].shape == (32, 16)
+    sample, t, context, _ = _inputs(cfg, ref, 16, 16)
+    embedding = np.asarray(guidance_scale_embedding(np.array([8.0 - 1, 2.0 - 1]), 32))
+    outputs = []
+    for cond in (embedding, None):
+        with torch.no_grad():
+            torch_cond = None if cond is None else _torch(cond)
+            expected = ref(
+                _torch(sample), _torch(t), _torch(context), timestep_cond=torch_cond
+            ).sample.numpy()
+        actual = module.apply(
+            {"params": params}, nchw_to_nhwc(sample), t, context, timestep_cond=cond
+        )
+        assert relative_error(actual, nchw_to_nhwc(expected)) <= 1e-4
+        outputs.append(actual)
+    assert relative_error(outputs[0], outputs[1]) > 1e-2  # the embedding acts
 
 
 @pytest.mark.parametrize("implementation", ["xla", "chunked", "cudnn"])
