@@ -60,6 +60,12 @@ def export_rows(session: Session, study: Study) -> list[dict]:
     return rows
 
 
+def arm_names(session: Session, study_id: int) -> list[str]:
+    """The study's arm names, in the order `create` was given them."""
+    query = select(Arm.name).where(Arm.study_id == study_id).order_by(Arm.id)
+    return list(session.scalars(query))
+
+
 def overview(session: Session, study: Study) -> dict:
     """Progress per rater (done / total assignments), gold checks right / voted, revoked."""
     raters = []
@@ -93,11 +99,10 @@ def overview(session: Session, study: Study) -> dict:
                 "revoked": rater.revoked,
             }
         )
-    arms = session.scalars(select(Arm.name).where(Arm.study_id == study.id).order_by(Arm.id))
     return {
         "study": study.name,
         "criteria": study.criteria.split(","),
-        "arms": list(arms),
+        "arms": arm_names(session, study.id),
         "raters": raters,
         "votes": votes,
     }

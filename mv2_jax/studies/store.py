@@ -183,9 +183,9 @@ class StudyStore:
     def arms(self, study: str) -> list[str]:
         """The study's arm names, in the order `create` was given them."""
         with self._session() as session:
-            study_id = self._study(session, study).id
-            query = select(Arm.name).where(Arm.study_id == study_id).order_by(Arm.id)
-            return list(session.scalars(query))
+            from mv2_jax.studies.readout import arm_names
+
+            return arm_names(session, self._study(session, study).id)
 
     def studies(self) -> list[str]:
         with self._session() as session:
