@@ -23,25 +23,21 @@ sample; each pair's `weight` multiplies its loss.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mv2_jax.lora.leaves import fuse_lora_leaves
 from mv2_jax.training import losses
 from mv2_jax.training.i2v import ImageToVideoStage
 from mv2_jax.training.optim import merge_params, split_params, trainable_paths
 from mv2_jax.training.stage import key_streams
 from mv2_jax.training.t2i import TextToImageStage
-from mv2_jax.weights.load import load_component
-
-log = logging.getLogger(__name__)
+from mv2_jax.training.tuning import TunedModelStage
 
 DPO_STAGES = ("t2i", "i2v")  # the stages whose model Diffusion-DPO tunes
 SIDES = ("chosen", "rejected")
@@ -123,82 +119,30 @@ def diffusion_dpo_loss(
 
 
 @dataclass
-class PreferenceStage:
+class PreferenceStage(TunedModelStage):
     """The `TrainingStage` of a Diffusion-DPO run: `inner` is config.stage's stage (or the
     `LoraStage` around it); `model` the T2I / I2V stage inside, whose UNet call is the policy's
-    and the reference's."""
+    and the reference's (`mv2_jax.training.tuning`)."""
 
     needs_pipeline: ClassVar[bool] = True
     uses_config_data: ClassVar[bool] = False  # preference pairs (`make_data_iterator`)
 
-    inner: Any
-    model: Any
     settings: DpoSettings
     consts: dict  # the model's, and "reference": the starting values of the params that train
-    appearance_folder: Path | None = None  # an I2V pipeline's trained appearance encoder
 
     @classmethod
     def from_config(cls, config, pipeline: Path, mesh, workdir=None) -> PreferenceStage:
         """The stage of `config` from the `pipeline` folder; for full fine-tuning the frozen
         reference is loaded here, placed on the params' shards of `mesh`."""
-        from mv2_jax.training.lora import LoraStage, lora_settings
-        from mv2_jax.training.trainer import stage_class
-
         settings = dpo_settings(config)
-        lora = lora_settings(config) is not None
-        inner = (LoraStage if lora else stage_class(config.stage)).from_config(
-            config, pipeline, mesh, workdir=workdir
-        )
-        model = inner.inner if lora else inner
-        appearance = pipeline / "appearance_encoder"
-        has_appearance = isinstance(model, ImageToVideoStage) and model.appearance is not None
-        stage = cls(
-            inner=inner,
-            model=model,
-            settings=settings,
-            consts=dict(model.consts),
-            appearance_folder=appearance
-            if has_appearance and (appearance / "config.json").is_file()
-            else None,
-        )
-        if not lora:
+        fields = cls.build_inner(config, pipeline, mesh, workdir)
+        stage = cls(**fields, settings=settings, consts=dict(fields["model"].consts))
+        if stage.lora is None:
             rules = tuple(tuple(rule) for rule in config.sharding_rules)
             stage.consts["reference"] = stage.reference_params(
                 stage.param_shardings(mesh, rules), config.trainable
             )
         return stage
-
-    # ---- params: the wrapped stage's
-
-    @property
-    def param_dtype(self):
-        return self.inner.param_dtype
-
-    @property
-    def lora(self):
-        """The LoRA stage around the model, or None for full fine-tuning."""
-        return None if self.inner is self.model else self.inner
-
-    def param_shapes(self) -> dict:
-        return self.inner.param_shapes()
-
-    def param_shardings(self, mesh, rules) -> dict:
-        return self.inner.param_shardings(mesh, rules)
-
-    def trainable_patterns(self, patterns) -> tuple[str, ...]:
-        return self.inner.trainable_patterns(patterns)
-
-    def load_params(self, shardings) -> dict:
-        """The wrapped stage's starting params; an I2V pipeline's trained appearance encoder
-        replaces the copy of the UNet's spatial weights the I2V stage starts it from."""
-        params = self.inner.load_params(shardings)
-        if self.appearance_folder is None:
-            return params
-        log.info("the appearance encoder starts from %s", self.appearance_folder)
-        trained = load_component(
-            self.appearance_folder, self.model.param_dtype, shardings["appearance"]
-        )[1]
-        return merge_params({"appearance": trained}, params)  # LoRA factors there are kept
 
     def reference_params(self, shardings, trainable_globs) -> dict:
         """Full fine-tuning's frozen reference: the starting values of the params that train
@@ -212,10 +156,7 @@ class PreferenceStage:
         lora = self.lora
         if lora is None:
             return params, merge_params(consts["reference"], params)
-        from mv2_jax.training.lora import lora_paths
-
-        _, base = split_params(params, lora_paths(lora.targets))  # the adapter off
-        return fuse_lora_leaves(params, lora.settings.multiplier), base
+        return lora.adapted(params), lora.adapter_off(params)
 
     # ---- data
 

@@ -206,17 +206,27 @@ class ImageToVideoStage(LatentDiffusionStage):
         return self.denoising_loss(consts, latents, k_time, k_noise, predict)
 
     def predictor(
-        self, params, latents, context, condition: jax.Array | None = None, **unet_kwargs
+        self,
+        params,
+        latents,
+        context,
+        condition: jax.Array | None = None,
+        reference_context: jax.Array | None = None,
+        **unet_kwargs,
     ) -> Callable[[jax.Array, jax.Array], jax.Array]:
         """`predict(noisy, timesteps)` of the UNet given the key image, the clean latent of
         frame 0 of `latents` `[B,F,h,w,c]` (its conditionings only for clips, F > 1).
         `condition` `[B,F,h,w,c']` is concatenated to the noisy latents at the UNet's input
-        (not the ControlNet's); `unet_kwargs` go to the UNet (e.g. `class_labels`)."""
+        (not the ControlNet's); `reference_context` (default `context`) is the text the
+        appearance encoder reads — the prompt's on both guidance halves, as
+        `ImageToVideoPipeline` encodes the reference; `unet_kwargs` go to the UNet (e.g.
+        `class_labels`)."""
         video = latents.shape[1] > 1
         key_latent = latents[:, 0]  # the clean latent of the key image
         variables = {"params": params["unet"]}
         if video and self.appearance is not None:
-            features = encode_reference(self.appearance, params["appearance"], key_latent, context)
+            text = context if reference_context is None else reference_context
+            features = encode_reference(self.appearance, params["appearance"], key_latent, text)
             variables["reference"] = with_reference_scale(features, 1.0)
 
         def predict(noisy, timesteps):

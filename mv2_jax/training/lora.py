@@ -150,7 +150,15 @@ class LoraStage:
     def prepare(self, batch: dict) -> dict:
         return self.inner.prepare(batch)
 
+    def adapted(self, params) -> dict:
+        """The inner stage's params with the LoRA fused in (fp32 where adapted)."""
+        return fuse_lora_leaves(params, self.settings.multiplier)
+
+    def adapter_off(self, params) -> dict:
+        """The inner stage's params without the LoRA: the frozen base, as it started (the
+        reference of Diffusion-DPO, the teacher of consistency distillation; no copy)."""
+        return split_params(params, lora_paths(self.targets))[1]
+
     def loss(self, params, consts, batch, keys) -> tuple[jax.Array, dict]:
         """The inner stage's loss on the fused params (fp32 where adapted)."""
-        fused = fuse_lora_leaves(params, self.settings.multiplier)
-        return self.inner.loss(fused, consts, batch, keys)
+        return self.inner.loss(self.adapted(params), consts, batch, keys)

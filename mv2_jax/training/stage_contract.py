@@ -22,6 +22,16 @@ class CountsSkipped(Protocol):
     def skipped(self) -> dict[str, int]: ...
 
 
+@runtime_checkable
+class ReadsEma(Protocol):
+    """A stage whose loss reads the EMA of the params that train, as
+    `consts[mv2_jax.training.step.EMA_CONST]` (the EMA as the step starts, decay
+    `config.ema_decay`): consistency distillation's target network (`mv2_jax.training.lcd`).
+    Optional: the trainer passes the EMA only to a stage whose `reads_ema` is True."""
+
+    reads_ema: ClassVar[bool]
+
+
 class TrainingStage(Protocol):
     """A stage of `mv2_jax.training.trainer` (`t2i.py`, `i2v.py`, `v2v.py`, `vfi.py`, `vae.py`,
     `clip.py`; the shared parts in `stage.py`)."""

@@ -1,6 +1,9 @@
 """One optimizer step: the stage's loss over the global batch (as `grad_accum_steps` scanned
 micro-batches), global-norm clipping and AdamW on the trainable params, and their EMA.
 
+A stage whose loss reads the EMA (`stage_contract.ReadsEma`: consistency distillation's
+target network) gets it as `consts[EMA_CONST]`: the trainable subset's EMA as the step starts.
+
 Each example gets the key `fold_in(fold_in(rng, step), position)`, its place in the data's
 global order (the batch's `position`; the row index when the batch has none), so its noise,
 timestep and caption dropout depend neither on the device layout, nor on the number of
@@ -20,6 +23,7 @@ from mv2_jax.training.optim import merge_params, split_params
 from mv2_jax.training.state import TrainState
 
 LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, dict]]
+EMA_CONST = "ema"  # the consts key of the EMA, for a loss that reads it (`ema_in_consts`)
 
 
 def example_keys(rng_data: jax.Array, step: jax.Array, positions: jax.Array) -> jax.Array:
@@ -54,10 +58,12 @@ def make_train_step(
     grad_accum_steps: int = 1,
     ema_decay: float = 0.0,
     learning_rate: optax.Schedule | None = None,
+    ema_in_consts: bool = False,
 ) -> Callable[[TrainState, Any, dict], tuple[TrainState, dict]]:
     """`step(state, consts, batch) → (state, metrics)`; `loss_fn(params, consts, batch, keys)`
-    is the stage's loss of one micro-batch. Jit it with the state's shardings and donate the
-    state."""
+    is the stage's loss of one micro-batch. `ema_in_consts`: the loss also finds the EMA of the
+    trainable params as `consts[EMA_CONST]` (never differentiated). Jit it with the state's
+    shardings and donate the state."""
 
     def grads_of(trainable, frozen, consts, batch, keys):
         def loss_of(t):
@@ -72,6 +78,8 @@ def make_train_step(
         if positions is None:
             positions = jnp.arange(jax.tree.leaves(batch)[0].shape[0])
         keys = example_keys(state.rng, state.step, positions)
+        if ema_in_consts:
+            consts = {**consts, EMA_CONST: jax.lax.stop_gradient(state.ema)}
         trainable, frozen = split_params(state.params, paths)
         if grad_accum_steps == 1:
             loss, aux, grads = grads_of(trainable, frozen, consts, batch, keys)

@@ -22,7 +22,12 @@ from mv2_jax.training.lora import LoraStage, lora_settings
 from mv2_jax.training.metrics import MetricsWriter, step_flops
 from mv2_jax.training.optim import learning_rate_schedule, make_optimizer, trainable_paths
 from mv2_jax.training.random_pipeline import write_random_pipeline
-from mv2_jax.training.stage_contract import CountsSkipped, TrainingStage, check_stage_class
+from mv2_jax.training.stage_contract import (
+    CountsSkipped,
+    ReadsEma,
+    TrainingStage,
+    check_stage_class,
+)
 from mv2_jax.training.state import TrainState, create_state, init_state_on_mesh, state_shardings
 from mv2_jax.training.step import make_train_step
 from mv2_jax.weights.new_folder import written_once
@@ -54,11 +59,16 @@ def stage_class(name: str) -> type[TrainingStage]:
 def run_stage_class(config) -> type[TrainingStage]:
     """The class of the run's stage: config.stage's, or `LoraStage` around it where
     `config.model.lora.rank` > 0 (`mv2_jax.training.lora`); a config with a `dpo` section
-    (configs/dpo.py) tunes that stage's model on preference pairs (`mv2_jax.training.dpo`)."""
+    (configs/dpo.py) tunes that stage's model on preference pairs (`mv2_jax.training.dpo`); one
+    with an `lcd` section distils it into a few-step LoRA student (`mv2_jax.training.lcd`)."""
     if config.get("dpo") is not None:
         from mv2_jax.training.dpo import PreferenceStage
 
         return check_stage_class(PreferenceStage, "dpo")
+    if config.get("lcd") is not None:
+        from mv2_jax.training.lcd import ConsistencyDistillationStage
+
+        return check_stage_class(ConsistencyDistillationStage, "lcd")
     return LoraStage if lora_settings(config) else stage_class(config.stage)
 
 
@@ -179,6 +189,7 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
         grad_accum_steps=config.grad_accum_steps,
         ema_decay=config.ema_decay,
         learning_rate=learning_rate_schedule(config),
+        ema_in_consts=isinstance(stage, ReadsEma) and stage.reads_ema,
     )
     jitted = jax.jit(step_fn, out_shardings=(shardings, replicated), donate_argnums=(0,))
 
