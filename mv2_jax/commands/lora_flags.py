@@ -47,7 +47,8 @@ def add_lora_flag(parser: argparse.ArgumentParser, flag: str = "--lora", what: s
         default=[],
         metavar="PATH[:SCALE]",
         help=f"a LoRA{what} (file or folder: diffusers / peft, kohya / A1111 incl. LoCon, "
-        "AnimateDiff motion LoRAs) at SCALE (default 1); repeat to stack adapters",
+        "AnimateDiff motion LoRAs, LCM-LoRA / AnimateLCM for the lcm scheduler) at SCALE "
+        "(default 1); repeat to stack adapters",
     )
 
 

@@ -30,6 +30,18 @@ def steps_bucket(num_inference_steps: int) -> int:
     return -(-num_inference_steps // _BUCKETS[-1]) * _BUCKETS[-1]
 
 
+def sampler_key(seed) -> jax.Array:
+    """The key of a run's per-step noise, from its seed (int or traced int32): the second half
+    of the seed's split, the first being left to a pipeline's other draws."""
+    return jax.random.split(jax.random.key(seed))[1]
+
+
+def step_noise(key: jax.Array, i, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """The fresh unit noise that a stochastic sampler (DDPM, Euler ancestral, LCM, TCD) takes
+    at step `i` of the table; tests feed diffusers the same numbers."""
+    return jax.random.normal(jax.random.fold_in(key, i), shape, dtype)
+
+
 def denoise(
     scheduler,
     tables: dict,
@@ -44,7 +56,7 @@ def denoise(
 
     `model_fn(scaled_latents, timestep) → model_output` is the (guided) denoiser; `latents` are
     the already-noised starting latents; `key` gives the per-step noise of stochastic samplers
-    (`fold_in(key, i)`). `progress(i, *progress_args)`, if given, runs on the host after each
+    (`step_noise(key, i, …)`). `progress(i, *progress_args)`, if given, runs on the host after each
     real step through `jax.debug.callback` (the args may be traced, e.g. the id of the call a
     bar belongs to); when None nothing is added to the graph."""
     num_steps = tables["num_steps"]
@@ -67,7 +79,7 @@ def _step_function(scheduler, tables, model_fn, key, progress=None, progress_arg
         sample, state = carry
         model_input = scheduler.scale_model_input(tables, sample, i)
         output = model_fn(model_input, tables["timesteps"][i])
-        noise = jax.random.normal(jax.random.fold_in(key, i), sample.shape, sample.dtype)
+        noise = step_noise(key, i, sample.shape, sample.dtype)
         sample, state = scheduler.step(tables, state, i, sample, output.astype(sample.dtype), noise)
         if progress is not None:
             jax.debug.callback(progress, i, *progress_args)

@@ -12,7 +12,9 @@
   renamed to diffusers' `UNetMotionModel` names as diffusers' converter does.
 - kohya / A1111: `lora_unet_<flat name>.lora_down.weight` / `.lora_up.weight` / `.alpha`,
   `lora_te_` / `lora_te1_` / `lora_te2_` for the text encoders; names stay flat until the model
-  resolves them (`mv2_jax.lora.resolve`).
+  resolves them (`mv2_jax.lora.resolve`). The published few-step LoRAs are of this form on
+  diffusers' module names, SDXL's too (`latent-consistency/lcm-lora-sdv1-5`, `lcm-lora-sdxl`,
+  `wangfuyun/AnimateLCM`'s `AnimateLCM_sd15_t2v_lora.safetensors`: fp16, `.alpha` per module).
 """
 
 from __future__ import annotations

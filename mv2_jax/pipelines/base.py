@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mv2_jax.diffusion.guidance import classifier_free_guidance
-from mv2_jax.diffusion.sampler import denoise, steps_bucket
+from mv2_jax.diffusion.sampler import denoise, sampler_key, steps_bucket
 from mv2_jax.diffusion.schedulers import make_scheduler
 from mv2_jax.parallel.sharding import batch_sharding, module_shardings_for, shard_params
 from mv2_jax.pipelines.defaults import DEFAULT_GUIDANCE_SCALE, check_size, check_steps_left
@@ -316,7 +316,7 @@ class LatentDiffusionPipeline(LoraMixin):
             self.trace_count += 1
         inputs = {**inputs, **self.conditions(program, params, inputs, scalars)}
         scheduler, tables = program.scheduler, scalars["tables"]
-        key_steps = jax.random.split(jax.random.key(scalars["seed"]))[1]  # stochastic samplers
+        key_steps = sampler_key(scalars["seed"])  # stochastic samplers
         if program.init_latents:
             latents = scheduler.add_noise(
                 tables, inputs["init_latents"], inputs["noise"], scalars["start"]

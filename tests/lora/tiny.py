@@ -19,6 +19,14 @@ ATTENTION = r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)"
 RESNET_CONVS = r".*resnets\.\d+\.(conv1|conv2|conv_shortcut)"
 MOTION = r".*motion_modules\.\d+\.transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)"
 TEXT = r".*self_attn\.(q_proj|k_proj|v_proj|out_proj)|.*mlp\.fc[12]"
+# The modules the LCM-LoRA / AnimateLCM LoRA distillation scripts adapt: every linear and
+# convolution of the spatial blocks (attention, proj_in / proj_out, feed-forward, resnets with
+# their time projection, down/upsamplers); never the motion modules or conv_in / conv_out.
+LCM_TARGETS = (
+    r"(?!.*motion_modules).*(attn[12]\.(to_q|to_k|to_v|to_out\.0)|attentions\.\d+\.proj_(in|out)"
+    r"|ff\.net\.(0\.proj|2)|resnets\.\d+\.(conv1|conv2|conv_shortcut|time_emb_proj)"
+    r"|(down|up)samplers\.0\.conv)"
+)
 
 
 def lora_state(model, seed: int, **config) -> tuple[dict, LoraConfig]:
@@ -63,19 +71,36 @@ def kohya_key(key: str, prefix: str) -> str:
     return f"{prefix}_{module.replace('.', '_')}.lora_{'down' if part == 'A' else 'up'}.weight"
 
 
-def save_kohya(path: Path, states: dict[str, dict], alphas: dict[str, float] | None = None):
+def save_kohya(
+    path: Path,
+    states: dict[str, dict],
+    alphas: dict[str, float] | None = None,
+    dtype: torch.dtype = torch.float32,
+):
     """`states` ({kohya prefix: peft state}) renamed into one kohya file, with `.alpha` tensors
-    per module where `alphas` ({peft module name: alpha}) gives one."""
+    per module where `alphas` ({peft module name: alpha}) gives one; every tensor in `dtype`."""
     out = {}
     for prefix, state in states.items():
         for key, value in state.items():
-            out[kohya_key(key, prefix)] = value.contiguous()
+            out[kohya_key(key, prefix)] = value.to(dtype).contiguous()
         for module, alpha in (alphas or {}).items():
             if f"{module}.lora_A.weight" in state:
                 name = kohya_key(f"{module}.lora_A.weight", prefix).split(".")[0]
-                out[f"{name}.alpha"] = torch.tensor(float(alpha))
+                out[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=dtype)
     save_file(out, str(path))
     return path
+
+
+def save_lcm_lora(path: Path, model, seed: int, rank: int = 8, alpha: float = 1.0) -> Path:
+    """A random LoRA on `model`'s `LCM_TARGETS` in the layout of the published few-step LoRAs
+    (`latent-consistency/lcm-lora-sdv1-5` / `lcm-lora-sdxl` `pytorch_lora_weights.safetensors`,
+    `wangfuyun/AnimateLCM` `AnimateLCM_sd15_t2v_lora.safetensors`): kohya's prefix and parts on
+    diffusers' module names, even for SDXL (`lora_unet_down_blocks_1_attentions_0_
+    transformer_blocks_0_attn1_to_q.lora_down.weight`, `.lora_up.weight`, `.alpha`), fp16.
+    Those ship rank 64 with alpha 8; here `alpha / rank` keeps that 1/8 by default."""
+    state, _ = lora_state(model, seed, r=rank, lora_alpha=alpha, target_modules=LCM_TARGETS)
+    modules = {key.rsplit(".lora_", 1)[0] for key in state}
+    return save_kohya(path, {"lora_unet": state}, dict.fromkeys(modules, alpha), torch.float16)
 
 
 def motion_layouts(state: dict) -> tuple[dict, dict]:
