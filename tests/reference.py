@@ -6,6 +6,8 @@ that e.g. a zero output projection cannot hide a wrong mapping), scaled so activ
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 
@@ -44,3 +46,29 @@ def nchw_to_nhwc(x):
 def nhwc_to_nchw(x):
     x = np.asarray(x)
     return np.moveaxis(x, -1, 1)
+
+
+@contextlib.contextmanager
+def diffusers_draws_our_step_noise(seed: int):
+    """While open, diffusers' LCMScheduler re-noises with our step `i` noise
+    (`mv2_jax.diffusion.sampler.step_noise`) at its `i`-th draw (it draws once per step but the
+    last), moved to its channels-first layout; yields the list of its draws' shapes."""
+    import torch
+    from diffusers.schedulers import scheduling_lcm
+
+    from mv2_jax.diffusion.sampler import sampler_key, step_noise
+
+    calls = []
+
+    def ours(shape, **kwargs):
+        channels_last = (shape[0], *shape[2:], shape[1])
+        noise = step_noise(sampler_key(seed), len(calls), channels_last)
+        calls.append(shape)
+        return torch.from_numpy(np.moveaxis(np.asarray(noise), -1, 1).copy())
+
+    original = scheduling_lcm.randn_tensor
+    scheduling_lcm.randn_tensor = ours
+    try:
+        yield calls
+    finally:
+        scheduling_lcm.randn_tensor = original

@@ -84,7 +84,8 @@ def add_parser(commands) -> None:
         "once per --prompt (default: the empty prompt)",
     )
     steps = STAGE_DEFAULTS["t2i"].steps
-    add_sampling_flags(t2i, steps=steps, guidance="7.5 for SD1.x/2.x and 5.0 for SDXL")
+    guidance = "7.5 for SD1.x/2.x, 5.0 for SDXL, 8.5 for an LCM folder (embedded in its UNet)"
+    add_sampling_flags(t2i, steps=steps, guidance=guidance)
     flag("--num-images", type=int, default=1, metavar="N", help="images per prompt (default 1)")
     add_device_flags(t2i)
     flag(

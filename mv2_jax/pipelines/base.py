@@ -9,9 +9,11 @@
 
 T2I is the single-frame case: its latents have no frame axis, everything else is shared. A
 subclass adds its request fields, a host-side `condition` hook and the traced hooks
-(`conditions`, `predict_noise`, `apply_unet`). Nothing of a call is stored on the object: the
-compiled programs, placed params and progress bars are caches keyed by what they depend on,
-behind a lock, so one pipeline serves several threads at once.
+(`conditions`, `predict_noise`, `apply_unet`). Whether a call runs the negative branch is
+decided once, in `prepare` (`guidance_embedded`: a guidance-distilled UNet takes its guidance
+as `timestep_cond` instead), and every UNet call goes through `apply_unet`. Nothing of a call is
+stored on the object: the compiled programs, placed params and progress bars are caches keyed
+by what they depend on, behind a lock, so one pipeline serves several threads at once.
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from mv2_jax.diffusion.guidance import classifier_free_guidance
+from mv2_jax.diffusion.guidance import classifier_free_guidance, guidance_scale_embedding
 from mv2_jax.diffusion.sampler import denoise, sampler_key, steps_bucket
 from mv2_jax.diffusion.schedulers import make_scheduler
 from mv2_jax.parallel.sharding import batch_sharding, module_shardings_for, shard_params
@@ -81,6 +83,10 @@ class LatentDiffusionPipeline(LoraMixin):
         default_factory=ProgramCache, init=False, repr=False, compare=False
     )
     _lora: LoraState = field(default_factory=LoraState, init=False, repr=False, compare=False)
+    # Whether this pipeline, as its diffusers counterpart, gives a guidance-distilled UNet
+    # (config `time_cond_proj_dim`, LCM) its guidance scale as `timestep_cond` and drops the
+    # negative branch; a subclass says so (see `guidance_embedded`).
+    embeds_guidance: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         """`pipe(...)` is `pipe.run(pipe.request(...))`, with `request`'s signature and doc."""
@@ -131,6 +137,16 @@ class LatentDiffusionPipeline(LoraMixin):
     @property
     def default_size(self) -> int:
         return self.unet_sample_size * self.vae_scale_factor
+
+    @property
+    def guidance_embedded(self) -> bool:
+        """True when every UNet call gets `timestep_cond = guidance_scale_embedding(guidance − 1)`
+        and no call runs classifier-free guidance (one UNet call per step, whatever the scale):
+        the pipeline class `embeds_guidance` and the UNet has `time_cond_proj_dim`. diffusers'
+        SD / SDXL / LCM pipelines do this (`do_classifier_free_guidance = guidance_scale > 1
+        and time_cond_proj_dim is None`); its AnimateDiff pipelines never build `timestep_cond`
+        and guide as usual, and ours built on them (T2V, I2V, V2V) do the same."""
+        return self.embeds_guidance and self.unet.time_cond_proj_dim is not None
 
     @property
     def latent_channels(self) -> int:
@@ -230,10 +246,10 @@ class LatentDiffusionPipeline(LoraMixin):
     def prepare(self, request: SamplingRequest) -> Prepared:
         """Host-side preparation of `request`: the prompts encoded (the unconditional half
         first under guidance, as diffusers), sizes checked, scheduler tables, starting noise;
-        then the subclass's `condition`."""
+        then the subclass's `condition`. The one place the negative branch is decided."""
         guidance = request.guidance_scale
         guidance = self.default_guidance_scale if guidance is None else guidance
-        use_cfg = guidance > 1.0
+        use_cfg = guidance > 1.0 and not self.guidance_embedded
         context, pooled = self._prompt_context(request, use_cfg)
         batch = context.shape[0] // (2 if use_cfg else 1)
         height, width = self.output_size(request)
@@ -315,6 +331,9 @@ class LatentDiffusionPipeline(LoraMixin):
         with self._cache.lock:
             self.trace_count += 1
         inputs = {**inputs, **self.conditions(program, params, inputs, scalars)}
+        if self.guidance_embedded:  # traced: a new scale reuses the program
+            w = jnp.full((program.shape[0],), scalars["guidance"] - 1.0, jnp.float32)
+            inputs["timestep_cond"] = guidance_scale_embedding(w, self.unet.time_cond_proj_dim)
         scheduler, tables = program.scheduler, scalars["tables"]
         key_steps = sampler_key(scalars["seed"])  # stochastic samplers
         if program.init_latents:
@@ -353,13 +372,22 @@ class LatentDiffusionPipeline(LoraMixin):
         """Hook: the UNet's output for `x [N,(F,)h,w,C]` at timesteps `t [N]`; with guidance
         `N = 2B` and every batched entry of `inputs` (but the noise) is ordered
         `[unconditional; conditional]` to match."""
+        return self.apply_unet(program, {"params": params["unet"]}, inputs, x, t)
+
+    def apply_unet(self, program: Program, variables: dict, inputs: dict, x, t, **kwargs):
+        """The one UNet call: `x [N,(F,)h,w,C]` at `t [N]` with the call's text context, SDXL's
+        `added_cond_kwargs` and LCM's `timestep_cond` (when `guidance_embedded`); `kwargs` add
+        ControlNet residuals or class labels (the video-to-video pipeline adds its low-res
+        latents here)."""
         del program
         return self.unet.apply(
-            {"params": params["unet"]},
+            variables,
             x,
             t,
             inputs["context"],
             added_cond_kwargs=inputs.get("added_cond_kwargs"),
+            timestep_cond=inputs.get("timestep_cond"),
+            **kwargs,
         )
 
     @staticmethod

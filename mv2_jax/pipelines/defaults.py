@@ -33,8 +33,9 @@ NOISE_PRIORS = ("none", "mean_shift", "frequency")
 CONTROLNET_FRAMES = ("first", "all")
 # SDEdit's strength when a V2V call runs a UNet without low-res channels and gives none.
 DEFAULT_SDEDIT_STRENGTH = 0.5
-# The guidance a pipeline folder gets unless it says otherwise (diffusers' defaults).
-DEFAULT_GUIDANCE_SCALE, SDXL_GUIDANCE_SCALE = 7.5, 5.0
+# The guidance a pipeline folder gets unless it says otherwise (diffusers' defaults; 8.5 is
+# LatentConsistencyModelPipeline's, given to its UNet as an embedding, not as a negative branch).
+DEFAULT_GUIDANCE_SCALE, SDXL_GUIDANCE_SCALE, LCM_GUIDANCE_SCALE = 7.5, 5.0, 8.5
 
 
 def size_multiple(vae_scale_factor: int) -> int:

@@ -264,19 +264,6 @@ class ImageToVideoPipeline(TextToVideoPipeline):
             residuals = self._control_residuals(params["controlnet"], inputs, x, t)
         return self.apply_unet(program, variables, inputs, x, t, **residuals)
 
-    def apply_unet(self, program, variables: dict, inputs: dict, x, t, **kwargs) -> jax.Array:
-        """Hook: the motion UNet on the latents `x [N,F,h,w,C]` (the video-to-video pipeline
-        adds its low-res latents and noise level here)."""
-        del program
-        return self.unet.apply(
-            variables,
-            x,
-            t,
-            inputs["context"],
-            added_cond_kwargs=inputs.get("added_cond_kwargs"),
-            **kwargs,
-        )
-
     def _control_residuals(self, controlnet_params, inputs, x, t) -> dict:
         controlnet, _ = self.controlnet
         variables = {"params": controlnet_params}

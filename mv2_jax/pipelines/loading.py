@@ -22,7 +22,11 @@ import jax.numpy as jnp
 from mv2_jax.dtypes import parse_dtype
 from mv2_jax.models.appearance import appearance_encoder, spatial_params
 from mv2_jax.models.motion import UNetMotionModel
-from mv2_jax.pipelines.defaults import DEFAULT_GUIDANCE_SCALE, SDXL_GUIDANCE_SCALE
+from mv2_jax.pipelines.defaults import (
+    DEFAULT_GUIDANCE_SCALE,
+    LCM_GUIDANCE_SCALE,
+    SDXL_GUIDANCE_SCALE,
+)
 from mv2_jax.pipelines.i2v import ImageToVideoPipeline
 from mv2_jax.pipelines.t2i import TextToImagePipeline
 from mv2_jax.pipelines.t2v import TextToVideoPipeline
@@ -154,15 +158,15 @@ def _shared(parts: PipelineParts) -> dict:
 
 
 def _stable_diffusion(parts: PipelineParts) -> TextToImagePipeline:
+    """An SD1.x/2.x, SDXL or LatentConsistencyModel folder (an SD layout whose UNet has
+    `time_cond_proj_dim`), with its diffusers pipeline's default guidance."""
     unet, unet_params = parts.model("unet")
     shared = _shared(parts)
+    guidance = SDXL_GUIDANCE_SCALE if shared["text"].sdxl else DEFAULT_GUIDANCE_SCALE
+    if parts.index.get("_class_name") == "LatentConsistencyModelPipeline":
+        guidance = LCM_GUIDANCE_SCALE
     return TextToImagePipeline(
-        unet=unet,
-        unet_params=unet_params,
-        default_guidance_scale=SDXL_GUIDANCE_SCALE
-        if shared["text"].sdxl
-        else DEFAULT_GUIDANCE_SCALE,
-        **shared,
+        unet=unet, unet_params=unet_params, default_guidance_scale=guidance, **shared
     )
 
 
@@ -258,7 +262,7 @@ V2V_PIPELINES = (*I2V_PIPELINES, "VideoToVideoPipeline")
 # Each pipeline class: the folder classes it reads, and how.
 BUILDERS = {
     TextToImagePipeline: (
-        ("StableDiffusionPipeline", "StableDiffusionXLPipeline"),
+        ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "LatentConsistencyModelPipeline"),
         _stable_diffusion,
     ),
     TextToVideoPipeline: (("AnimateDiffPipeline",), _animatediff),
@@ -269,6 +273,7 @@ BUILDERS = {
 PIPELINES = {
     "StableDiffusionPipeline": TextToImagePipeline,
     "StableDiffusionXLPipeline": TextToImagePipeline,
+    "LatentConsistencyModelPipeline": TextToImagePipeline,
     "AnimateDiffPipeline": TextToVideoPipeline,
     "AnimateDiffSparseControlNetPipeline": ImageToVideoPipeline,
     "ImageToVideoPipeline": ImageToVideoPipeline,

@@ -24,9 +24,11 @@ import numpy as np
 class SamplingRequest:
     """The settings every diffusion pipeline call shares (diffusers' names). `prompt` is one
     string or several; `negative_prompt` one for all or one each. `guidance_scale` None: the
-    pipeline's default; ≤ 1 turns guidance off. `latents`: channels-last unit Gaussian noise
-    (scaled by the scheduler's initial sigma inside). `height`/`width`/`num_frames` None: the
-    pipeline's defaults. `vae_tile_size`: VAE tiles of that many pixels, None for whole frames."""
+    pipeline's default; ≤ 1 turns guidance off (a pipeline whose UNet embeds the scale, LCM's,
+    never runs the negative branch: `guidance_embedded`). `latents`: channels-last unit
+    Gaussian noise (scaled by the scheduler's initial sigma inside). `height`/`width`/
+    `num_frames` None: the pipeline's defaults. `vae_tile_size`: VAE tiles of that many pixels,
+    None for whole frames."""
 
     prompt: str | Sequence[str]
     negative_prompt: str | Sequence[str] | None = None

@@ -41,7 +41,13 @@ class ImageRequest(SamplingRequest):
 
 @dataclass
 class TextToImagePipeline(LatentDiffusionPipeline):
-    """`pipe(prompt, ...) → images [B,H,W,3]` in [0,1] (DESIGN.md, contract 3)."""
+    """`pipe(prompt, ...) → images [B,H,W,3]` in [0,1] (DESIGN.md, contract 3).
+
+    An LCM-distilled UNet (config `time_cond_proj_dim`: LCM_Dreamshaper_v7, lcm-sdxl) is run
+    as diffusers' StableDiffusion(XL) and LatentConsistencyModel pipelines run it: its guidance
+    scale goes in as `timestep_cond` and there is no negative branch (`guidance_embedded`)."""
+
+    embeds_guidance = True
 
     def request(
         self,

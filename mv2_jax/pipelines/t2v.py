@@ -20,7 +20,11 @@ from mv2_jax.pipelines.request import SamplingRequest, from_arguments
 
 @dataclass
 class TextToVideoPipeline(LatentDiffusionPipeline):
-    """`pipe(prompt, ...) → videos [B,F,H,W,3]` in [0,1] (DESIGN.md, contract 3)."""
+    """`pipe(prompt, ...) → videos [B,F,H,W,3]` in [0,1] (DESIGN.md, contract 3).
+
+    As diffusers' AnimateDiffPipeline, a motion UNet with `time_cond_proj_dim` gets no
+    `timestep_cond` and is guided as usual (`embeds_guidance` is False): AnimateLCM's weights
+    carry their distilled guidance in the LoRA, not in an embedding."""
 
     default_num_frames: int = STAGE_DEFAULTS["t2v"].num_frames
 

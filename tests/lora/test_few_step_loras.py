@@ -13,7 +13,6 @@ its model card runs it:
 The multistep LCM re-noises between steps: diffusers' draws are replaced by ours
 (`mv2_jax.diffusion.sampler.step_noise`), so both sides add the same noise."""
 
-import contextlib
 import json
 
 import numpy as np
@@ -23,15 +22,14 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 diffusers = pytest.importorskip("diffusers")
 
-from diffusers.schedulers import scheduling_lcm  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 import mv2_jax  # noqa: E402
-from mv2_jax.diffusion.sampler import sampler_key, step_noise  # noqa: E402
 from mv2_jax.lora import read_lora  # noqa: E402
 from mv2_jax.weights.mapping import WeightMismatchError  # noqa: E402
 from tests.lora import tiny  # noqa: E402
 from tests.pipelines.tiny import tiny_motion_adapter, tiny_sdxl_pipeline  # noqa: E402
+from tests.reference import diffusers_draws_our_step_noise  # noqa: E402
 from tests.weights.test_animatediff import original_layout  # noqa: E402
 from tests.weights.tiny_models import load_cli, tiny_pipeline  # noqa: E402
 
@@ -54,26 +52,6 @@ def with_sd15_betas(folder) -> dict:
     config.update(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     path.write_text(json.dumps(config))
     return config
-
-
-@contextlib.contextmanager
-def diffusers_draws_our_step_noise(seed: int):
-    """While open, diffusers' LCMScheduler re-noises with our step `i` noise at its `i`-th draw
-    (it draws once per step but the last), moved to its channels-first layout."""
-    calls = []
-
-    def ours(shape, **kwargs):
-        channels_last = (shape[0], *shape[2:], shape[1])
-        noise = step_noise(sampler_key(seed), len(calls), channels_last)
-        calls.append(shape)
-        return torch.from_numpy(np.moveaxis(np.asarray(noise), -1, 1).copy())
-
-    original = scheduling_lcm.randn_tensor
-    scheduling_lcm.randn_tensor = ours
-    try:
-        yield calls
-    finally:
-        scheduling_lcm.randn_tensor = original
 
 
 def _reference_run(ref, lora, latents, steps, weight=None, scheduler=None, **call):
