@@ -160,13 +160,23 @@ def jax_worker(spec: dict) -> dict:
     return measure_jax_step(jax_loss(unet), params, paths, batch, spec["steps"], check)
 
 
-def measure_jax_step(loss_fn, params, paths, batch: dict, steps: int, after_first=None) -> dict:
+def measure_jax_step(
+    loss_fn,
+    params,
+    paths,
+    batch: dict,
+    steps: int,
+    after_first=None,
+    *,
+    consts: dict | None = None,
+    ema_decay: float = EMA_DECAY,
+) -> dict:
     """The trainer's step (`make_train_step`: AdamW and EMA on the params at `paths`, the rest
     frozen) on `batch` (numpy, `step_inputs`), jitted with the state donated: compile seconds,
     the compiled program's memory (`memory_analysis`), the first step (its loss and grad norm,
     then `after_first(state)`'s entries), `steps` quiet steps and the peak RSS. What is known
     after compiling is printed as a JSON line at once, so a run the OOM killer ends still
-    reports it."""
+    reports it. `consts` (default: SD's ᾱ alone) are the loss's frozen arrays."""
     import jax
     import jax.numpy as jnp
 
@@ -176,10 +186,11 @@ def measure_jax_step(loss_fn, params, paths, batch: dict, steps: int, after_firs
     optimizer = benchmark_optimizer()
     state = create_state(params, optimizer, paths, seed=0)
     del params  # the state holds them; donated at the first step
-    consts = {"alphas_cumprod": jnp.asarray(alphas_cumprod())}
+    if consts is None:
+        consts = {"alphas_cumprod": jnp.asarray(alphas_cumprod())}
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
     step = jax.jit(
-        make_train_step(loss_fn, optimizer, paths, ema_decay=EMA_DECAY), donate_argnums=(0,)
+        make_train_step(loss_fn, optimizer, paths, ema_decay=ema_decay), donate_argnums=(0,)
     )
     state_gb = rss_gb()
     compiled = None
@@ -279,39 +290,41 @@ def torch_worker(spec: dict) -> dict:
     return measure_torch_step(unet, list(unet.parameters()), x, spec["steps"], save)
 
 
-def measure_torch_step(unet, params: list, x: dict, steps: int, after_first=None) -> dict:
+def measure_torch_step(
+    unet,
+    params: list,
+    x: dict,
+    steps: int,
+    after_first=None,
+    *,
+    loss_fn=None,
+    ema_decay: float = EMA_DECAY,
+) -> dict:
     """The same step in PyTorch on `unet` (a diffusers UNet in train mode; `params` the ones
-    that train, their AdamW, clipping and EMA) and `x` (`step_inputs`, channels-last; channels
-    moved to axis 1 as diffusers reads them): the first step (loss, grad norm; then
-    `after_first()`), `steps` quiet steps, the peak RSS."""
+    that train, their AdamW, clipping and, with `ema_decay` > 0, EMA) and `x` (`step_inputs`,
+    channels-last; `torch_inputs` moves the channels to axis 1 as diffusers reads them): the
+    first step (loss, grad norm; then `after_first()`), `steps` quiet steps, the peak RSS.
+    `loss_fn(tensors) → loss` (default `min_snr_loss(unet)`) is the step's loss."""
     import torch
 
     optimizer = torch.optim.AdamW(
         params, lr=LR, betas=(0.9, 0.999), eps=ADAM_EPS, weight_decay=WEIGHT_DECAY
     )
-    ema = [p.detach().clone() for p in params]
-    latents, noise = (
-        torch.from_numpy(x[k]).movedim(-1, 1).contiguous() for k in ("latents", "noise")
-    )
-    timesteps, context = torch.from_numpy(x["timesteps"]).long(), torch.from_numpy(x["context"])
-    ac = torch.from_numpy(alphas_cumprod())
+    ema = [p.detach().clone() for p in params] if ema_decay else []
+    tensors = torch_inputs(x)
+    loss_fn = loss_fn or min_snr_loss(unet)
     state_gb = rss_gb()
     metrics = {}
 
     def one_step():
-        a = ac[timesteps].view(-1, *[1] * (latents.ndim - 1))
-        noisy = a.sqrt() * latents + (1.0 - a).sqrt() * noise
-        prediction = unet(noisy, timesteps, context).sample
-        snr = ac[timesteps] / (1.0 - ac[timesteps])
-        weights = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
-        loss = (weights * (prediction - noise).square().flatten(1).mean(1)).mean()
+        loss = loss_fn(tensors)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             for e, p in zip(ema, params):
-                e.lerp_(p, 1.0 - EMA_DECAY)
+                e.lerp_(p, 1.0 - ema_decay)
         metrics.update(loss=loss.item(), grad_norm=grad_norm.item())
 
     first_s = timed(one_step)
@@ -321,6 +334,44 @@ def measure_torch_step(unet, params: list, x: dict, steps: int, after_first=None
     result["seconds"], result["foreign_load"] = timed_quietly(one_step, steps)
     result["peak_rss_gb"] = peak_rss_gb()
     return result
+
+
+def torch_inputs(x: dict) -> dict:
+    """`step_inputs`-like numpy arrays as torch tensors: images and videos (ndim ≥ 4) with the
+    channels moved to axis 1, `timesteps` as int64, the rest as they are."""
+    import torch
+
+    out = {k: torch.from_numpy(v) for k, v in x.items()}
+    for k, v in out.items():
+        if v.ndim >= 4:
+            out[k] = v.movedim(-1, 1).contiguous()
+    if "timesteps" in out:
+        out["timesteps"] = out["timesteps"].long()
+    return out
+
+
+def noised(latents, noise, timesteps):
+    """`x_t = √ᾱ·x₀ + √(1−ᾱ)·ε` in torch (diffusers' `DDPMScheduler.add_noise` with SD's ᾱ)."""
+    import torch
+
+    ac = torch.from_numpy(alphas_cumprod())[timesteps].view(-1, *[1] * (latents.ndim - 1))
+    return ac.sqrt() * latents + (1.0 - ac).sqrt() * noise
+
+
+def min_snr_loss(unet):
+    """This benchmark's loss in torch: ε MSE with Min-SNR-γ weights (`jax_loss`'s)."""
+    import torch
+
+    ac = torch.from_numpy(alphas_cumprod())
+
+    def loss_fn(x):
+        t = x["timesteps"]
+        prediction = unet(noised(x["latents"], x["noise"], t), t, x["context"]).sample
+        snr = ac[t] / (1.0 - ac[t])
+        weights = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
+        return (weights * (prediction - x["noise"]).square().flatten(1).mean(1)).mean()
+
+    return loss_fn
 
 
 # ---- driver
