@@ -168,9 +168,11 @@ class RewardGradientStage:
             shape = (key_latent.shape[0], frames, *key_latent.shape[2:])
             key_latents = jnp.broadcast_to(key_latent, shape)
             key_latents = jnp.concatenate([key_latents, key_latents]) if use_cfg else key_latents
+            # the appearance encoder reads the prompt on both halves, as ImageToVideoPipeline
+            reference = jnp.concatenate([context, context]) if use_cfg else context
 
             def predict(p, x, t):
-                return inner.predictor(p, key_latents, both)(x, t)
+                return inner.predictor(p, key_latents, both, reference_context=reference)(x, t)
 
         def model_fn(p, x, t):
             x = jnp.concatenate([x, x]) if use_cfg else x
