@@ -149,7 +149,9 @@ def jax_worker(spec: dict) -> dict:
     else:
         paths = trainable_paths(params, ("*",))
     if spec["mode"] == "dpo":
-        stage = PreferenceStage(inner=stage, model=model, settings=settings, consts=dict(consts))
+        stage = PreferenceStage(
+            inner=stage, model=model, appearance_folder=None, settings=settings, consts=dict(consts)
+        )
         if spec["trains"] == "full":  # the reference: a copy (the state's params are donated)
             stage.consts["reference"] = jax.tree.map(jnp.copy, split_params(params, paths)[0])
         batch = dict(chosen_latents=x["latents"], rejected_latents=x["rejected"],
