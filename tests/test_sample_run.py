@@ -175,6 +175,7 @@ def test_a_phase_with_its_own_bar_gets_no_reminders():
 
 
 def test_the_guard_commits_staged_outputs_together_and_removes_the_rest(tmp_path):
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN where the runner started us in background
     with InterruptGuard() as guard:
         video = guard.stage(tmp_path / "new" / "video.mp4")
         assert video.parent == tmp_path / "new" and video.suffix == ".mp4"
@@ -186,7 +187,7 @@ def test_the_guard_commits_staged_outputs_together_and_removes_the_rest(tmp_path
     with InterruptGuard() as guard:
         guard.stage(tmp_path / "other" / "x.gif").write_text("x")
     assert not (tmp_path / "other").exists()  # not committed: gone, and its folder too
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def interrupt_at(argv: list[str], marker: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -198,6 +199,8 @@ def interrupt_at(argv: list[str], marker: str, cwd: Path) -> subprocess.Complete
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a shell's background job (e.g. `ci/run &`) inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = []
     if isinstance(marker, float):
