@@ -249,6 +249,7 @@ def test_ctrl_c_mid_way_leaves_whole_items_only_and_a_rerun_finishes(tmp_path, c
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as test_sample_run
     )
     first = process.stdout.readline()  # the first "wrote …": the next item is under way
     assert first.startswith("wrote "), process.communicate()[1]
