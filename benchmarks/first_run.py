@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,10 +22,13 @@ PROMPT = "a red circle moving right"
 TIMING = "timing:"  # mv2_jax.commands.progress.TIMING_PREFIX (not imported: no jax here)
 
 
-def run_once(cache: Path, out_dir: Path) -> tuple[float, list[tuple[str, float]]]:
-    """One fresh process: (wall seconds, [(phase, seconds), …]) from its `--timings` lines."""
+def run_once(
+    cache: Path, out_dir: Path, flags: Sequence[str] = ()
+) -> tuple[float, list[tuple[str, float]]]:
+    """One fresh process of the README's command with `flags` added: (wall seconds,
+    [(phase's progress line, seconds), …]) from its `--timings` lines, in the order they came."""
     argv = [sys.executable, str(ROOT / "sample.py"), PROMPT, "--out", str(out_dir / "video.mp4")]
-    argv += ["--compilation-cache", str(cache), "--timings"]
+    argv += ["--compilation-cache", str(cache), "--timings", *flags]
     start = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, cwd=out_dir)
     wall = time.perf_counter() - start
@@ -34,7 +38,7 @@ def run_once(cache: Path, out_dir: Path) -> tuple[float, list[tuple[str, float]]
     for line in done.stderr.splitlines():
         if line.startswith(TIMING):
             seconds, name = line[len(TIMING) :].split(" s  ", 1)
-            phases.append((short_name(name), float(seconds)))
+            phases.append((name, float(seconds)))
     return wall, phases
 
 
@@ -53,6 +57,10 @@ def short_name(line: str) -> str:
     return line
 
 
+def shortened(phases: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    return [(short_name(line), seconds) for line, seconds in phases]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=2, help="warm runs after the cold one")
@@ -61,6 +69,7 @@ def main() -> None:
         cache, out = Path(tmp, "xla"), Path(tmp)
         results = [("cold", *run_once(cache, out))]
         results += [(f"warm {i + 1}", *run_once(cache, out)) for i in range(args.runs)]
+    results = [(label, wall, shortened(phases)) for label, wall, phases in results]
     names = list(dict.fromkeys(name for _, _, phases in results for name, _ in phases))
     header = ["phase", *[label for label, _, _ in results]]
     print("| " + " | ".join(header) + " |")

@@ -176,6 +176,12 @@ class LatentDiffusionPipeline(LoraMixin):
             call = _replicated(request.mesh, np.int32(0))
             generate.lower(params, inputs, dict(scalars, call=call)).compile()
 
+    def unet_calls(self, *args, **kwargs) -> int:
+        """The UNet evaluations that `self(*args, **kwargs)` would make (steps run after
+        `strength`, twice each under classifier-free guidance; `Prepared.unet_calls`), from the
+        host-side preparation alone: nothing is compiled or run."""
+        return self.prepare(self.request(*args, **kwargs)).unet_calls
+
     def program(self, program: Program, args: tuple | None = None) -> Callable:
         """The jitted `generate(params, inputs, scalars)` of `program`, made once. Given the
         call's `args` and a program store (`program_store`), it is the stored export of the

@@ -196,7 +196,8 @@ class TextToVideoCascade:
         run = RunSettings(plan, t2i, i2v, v2v, negative_prompt, vfi_batch_size, mesh, progress)
         if compile_workers and run.programs() not in self._compiled:
             self.compile_ahead(run, prompt, key_image, compile_workers)
-        step = _announcer(self.report, self._stages_run(key_image), plan)
+        calls = self._unet_calls(run, prompt, key_image)
+        step = _announcer(self.report, self._stages_run(key_image), plan, calls)
 
         def stage(name: str, *inputs):
             step(name)
@@ -213,6 +214,28 @@ class TextToVideoCascade:
         if plan.factor > 1:
             frames = stage("vfi", frames)
         return CascadeOutput(np.asarray(key_image), keyframes, upscaled, frames)
+
+    def unet_calls(
+        self,
+        prompt: str = "",
+        negative_prompt: str | None = None,
+        *,
+        key_image: np.ndarray | None = None,
+        t2i: StageSettings = StageSettings(),
+        i2v: StageSettings = StageSettings(),
+        v2v: StageSettings = StageSettings(),
+        num_frames: int | None = None,
+        factor: int = 3,
+    ) -> dict[str, int]:
+        """`{stage: UNet evaluations}` of the diffusion stages that a call with these settings
+        runs (steps after `strength`, twice each under classifier-free guidance), from the
+        host-side preparation alone: nothing compiles or runs. VFI is no UNet (one interpolator
+        pass per new frame) and is not counted."""
+        plan = self.plan(
+            key_image=key_image, t2i=t2i, i2v=i2v, v2v=v2v, num_frames=num_frames, factor=factor
+        )
+        run = RunSettings(plan, t2i, i2v, v2v, negative_prompt, 1, None, False)
+        return self._unet_calls(run, prompt, key_image)
 
     def compile_ahead(
         self, run: RunSettings, prompt: str = "", key_image=None, workers: int = 2
@@ -254,6 +277,15 @@ class TextToVideoCascade:
         kwargs = dict(factor=plan.factor, batch_size=run.vfi_batch_size, progress=run.progress)
         return self.interpolator, inputs, kwargs
 
+    def _unet_calls(self, run: RunSettings, prompt: str, key_image) -> dict[str, int]:
+        inputs = _placeholders(run.plan, key_image)
+        calls = {}
+        for stage in ("t2i", "i2v", "v2v"):
+            if stage in inputs:
+                pipe, args, kwargs = self._stage_call(stage, run, prompt, inputs[stage])
+                calls[stage] = pipe.unet_calls(*args, **kwargs)
+        return calls
+
     def _stages_run(self, key_image) -> list[str]:
         run = {
             "t2i": key_image is None,
@@ -293,11 +325,15 @@ def _placeholders(plan: CascadePlan, key_image) -> dict[str, tuple]:
     return inputs
 
 
-def _announcer(report: Callable[[str], None], stages: list[str], plan: CascadePlan):
-    """`step(stage)` reports "[i/n] stage: what it makes" as each stage starts."""
+def _announcer(
+    report: Callable[[str], None], stages: list[str], plan: CascadePlan, calls: dict[str, int]
+):
+    """`step(stage)` reports "[i/n] stage: what it makes[, N UNet calls]" as each stage
+    starts."""
 
     def step(stage: str) -> None:
         index = stages.index(stage) + 1
-        report(f"[{index}/{len(stages)}] {stage}: {TITLES[stage]}, {plan.describe(stage)}")
+        cost = f", {calls[stage]} UNet calls" if stage in calls else ""
+        report(f"[{index}/{len(stages)}] {stage}: {TITLES[stage]}, {plan.describe(stage)}{cost}")
 
     return step

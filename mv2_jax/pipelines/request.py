@@ -103,6 +103,14 @@ class Prepared:
     inputs: dict = field(default_factory=dict)  # batched arrays (split over data × fsdp)
     scalars: dict = field(default_factory=dict)  # traced scalars and step tables (replicated)
 
+    @property
+    def unet_calls(self) -> int:
+        """Denoiser evaluations the program makes: one per step it runs (from `start`), counted
+        twice under classifier-free guidance (the batch's two halves), as the cost of a few-step
+        sampler is compared (issue 22)."""
+        steps = int(self.scalars["tables"]["num_steps"]) - int(self.scalars.get("start", 0))
+        return steps * (2 if self.program.use_cfg else 1)
+
     def adding(self, program: dict | None = None, inputs=None, scalars=None) -> Prepared:
         """A copy with `program` fields replaced and `inputs` / `scalars` entries added."""
         return Prepared(

@@ -220,3 +220,18 @@ def test_sample_py_with_a_prompt_writes_the_video_settings_and_intermediates(
     settings = json.loads(out.with_suffix(".json").read_text())
     assert settings["stages"]["v2v"]["extra"]["strength"] == 0.6
     assert settings["plan"]["upscaled_size"] == [32, 32] and settings["frames"] == 7
+
+
+def test_unet_calls_count_the_steps_run_each_guided_one_twice(cascade, first, report):
+    """The count in each stage's progress line: steps after `strength`, × 2 under guidance."""
+    guided = {"t2i": 2 * 2, "i2v": 2 * 2, "v2v": 1 * 2}  # V2V: strength 0.6 of 2 steps runs 1
+    assert cascade.unet_calls("a red fox", **RUN) == guided
+    counts = [line.rsplit(", ", 1)[1] for line, _ in report[:3]]
+    assert counts == [f"{n} UNet calls" for n in guided.values()]
+    unguided = {stage: dataclasses.replace(RUN[stage], guidance_scale=1.0) for stage in guided}
+    longer = dataclasses.replace(unguided["v2v"], steps=5)  # int(5 · 0.6) = 3 steps run
+    calls = cascade.unet_calls("a red fox", **{**RUN, **unguided, "v2v": longer})
+    assert calls == {"t2i": 2, "i2v": 2, "v2v": 3}
+    assert cascade.unet_calls("a red fox", key_image=np.zeros((16, 16, 3), np.float32), **RUN) == {
+        "i2v": 4, "v2v": 2
+    }  # fmt: skip

@@ -114,6 +114,7 @@ def test_one_unet_call_per_step_and_a_new_guidance_compiles_nothing(lcm_folder):
     ]
     assert pipe.trace_count == traces and len(calls) == 1
     assert all(np.abs(first - other).max() > 1e-3 for other in others)  # guidance reaches it
+    assert pipe.unet_calls("a cat", num_inference_steps=4, **dict(CALL, guidance_scale=8.0)) == 4
 
 
 def test_sdxl_lcm_unet_matches_diffusers(tmp_path):
@@ -142,6 +143,7 @@ def test_t2v_guides_an_lcm_unet_as_animatediff_does(tmp_path):
     calls = recording_unet_calls(pipe)
     ours = pipe("a cat", latents=latents.transpose(0, 2, 3, 4, 1), **call)
     assert not pipe.guidance_embedded and calls == [((2, 2, 8, 8, 4), None)]
+    assert pipe.unet_calls("a cat", **call) == 2 * 2  # two steps, each guided
     assert np.abs(ours - np.asarray(expected)).max() <= TOLERANCE  # measured 5.9e-6
 
 
