@@ -63,6 +63,8 @@ def unet_calls(phases: list[tuple[str, float]]) -> dict[str, int]:
 
 def cascade_part(args) -> None:
     loras = {stage: getattr(args, f"{stage}_lora") for stage in STAGES}
+    # absolute: sample.py runs in a temporary folder
+    loras = {stage: lora and str(Path(lora).resolve()) for stage, lora in loras.items()}
     if not any(loras.values()):
         sys.exit("no student LoRA: give --t2i-lora / --i2v-lora / --v2v-lora (none is shipped)")
     arms = {"teacher": [], "student": student_flags(loras, args.student_steps)}
@@ -77,7 +79,7 @@ def cascade_part(args) -> None:
     rows = []
     calls = {arm: unet_calls(runs[0][1]) for arm, runs in results.items()}
     for stage in STAGES:
-        rows.append([f"UNet calls, {stage}", *(calls[arm].get(stage, 0) for arm in arms)])
+        rows.append([f"UNet calls, {stage}", *(calls[arm].get(stage, 0) for arm in arms), ""])
     totals = [sum(calls[arm].values()) for arm in arms]
     rows.append(["UNet calls per video", *totals, f"{totals[0] / max(totals[1], 1):.1f}×"])
     labels = ["cold", *[f"warm {i + 1}" for i in range(args.warm_runs)]]
