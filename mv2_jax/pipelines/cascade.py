@@ -121,6 +121,7 @@ class TextToVideoCascade:
     interpolator: Any = None  # FrameInterpolationPipeline
     report: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
     _compiled: list = field(default_factory=list, repr=False)  # RunSettings.programs() compiled
+    _counts: list = field(default_factory=list, repr=False)  # (programs(), UNet calls) seen
 
     def plan(
         self,
@@ -196,7 +197,7 @@ class TextToVideoCascade:
         run = RunSettings(plan, t2i, i2v, v2v, negative_prompt, vfi_batch_size, mesh, progress)
         if compile_workers and run.programs() not in self._compiled:
             self.compile_ahead(run, prompt, key_image, compile_workers)
-        calls = self._unet_calls(run, prompt, key_image)
+        calls = self._counted(run, prompt, key_image)
         step = _announcer(self.report, self._stages_run(key_image), plan, calls)
 
         def stage(name: str, *inputs):
@@ -276,6 +277,17 @@ class TextToVideoCascade:
             return self.video_to_video, (keyframes, prompt), {**common, **kwargs}
         kwargs = dict(factor=plan.factor, batch_size=run.vfi_batch_size, progress=run.progress)
         return self.interpolator, inputs, kwargs
+
+    def _counted(self, run: RunSettings, prompt: str, key_image) -> dict[str, int]:
+        """`_unet_calls` once per set of settings (the count does not depend on the prompt or
+        the seeds), so that a call does not prepare every stage twice."""
+        programs = run.programs()
+        for settings, calls in self._counts:
+            if settings == programs:
+                return calls
+        calls = self._unet_calls(run, prompt, key_image)
+        self._counts.append((programs, calls))
+        return calls
 
     def _unet_calls(self, run: RunSettings, prompt: str, key_image) -> dict[str, int]:
         inputs = _placeholders(run.plan, key_image)
