@@ -79,6 +79,12 @@ def eps_from_output(prediction_type: str, sample, model_output, x0, alpha, sigma
     return (sample - alpha * x0) / sigma
 
 
+def row(tables: Tables, i: jax.Array):
+    """Step `i`'s entry of each per-step table, inside the loop: `at = row(tables, i)`,
+    `at("sqrt_alpha")`."""
+    return lambda key: jnp.asarray(tables[key])[i]
+
+
 def _pad(table: np.ndarray, n: int, max_steps: int) -> np.ndarray:
     """Pad a per-step table (`n` or `n + 1` long) with its last value up to `max_steps` (+1)."""
     length = table.shape[0]

@@ -11,19 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from mv2_jax.diffusion import schedules
-from mv2_jax.diffusion.schedulers.base import (
-    Scheduler,
-    State,
-    Tables,
-    eps_from_output,
-    register,
-    x0_from_output,
-)
+from mv2_jax.diffusion.schedulers.base import Scheduler, State, Tables, register
 from mv2_jax.diffusion.schedulers.ddpm import (
     DISCRETE_DEFAULTS,
     NO_THRESHOLDING,
     clip_x0,
     discrete_add_noise,
+    discrete_prediction,
 )
 
 
@@ -67,12 +61,7 @@ class DDIM(Scheduler):
     def step(
         self, tables: Tables, state: State, i: jax.Array, sample, model_output, noise
     ) -> tuple[jax.Array, State]:
-        at = lambda key: jnp.asarray(tables[key])[i]  # noqa: E731
-        x, out = sample.astype(jnp.float32), model_output.astype(jnp.float32)
-        a, s = at("sqrt_alpha"), at("sqrt_one_minus_alpha")
-        pred = self.config["prediction_type"]
-        x0 = x0_from_output(pred, x, out, a, s)
-        eps = eps_from_output(pred, x, out, x0, a, s)
+        at, _, x0, eps = discrete_prediction(self, tables, i, sample, model_output)
         x0 = clip_x0(self, x0)  # ε̂ stays unclipped, as diffusers' default use_clipped_model_output
         prev = at("sqrt_alpha_prev") * x0 + at("coef_eps") * eps
         if self.config["eta"] > 0:

@@ -12,7 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from mv2_jax.diffusion import schedules
-from mv2_jax.diffusion.schedulers.base import Scheduler, State, Tables, register, x0_from_output
+from mv2_jax.diffusion.schedulers.base import (
+    Scheduler,
+    State,
+    Tables,
+    eps_from_output,
+    register,
+    row,
+    x0_from_output,
+)
 
 # Keys shared by the DDPM / DDIM family (diffusers' defaults), and those left unimplemented.
 DISCRETE_DEFAULTS = {
@@ -40,6 +48,18 @@ def clip_x0(scheduler: Scheduler, x0: jax.Array) -> jax.Array:
         r = scheduler.config["clip_sample_range"]
         return jnp.clip(x0, -r, r)
     return x0
+
+
+def discrete_prediction(scheduler: Scheduler, tables: Tables, i, sample, model_output):
+    """What a discrete-time step starts from, in float32: (`at` = step `i`'s table entries, xₜ,
+    x̂₀ unclipped, ε̂) under xₜ = √ᾱₜ x₀ + √(1 − ᾱₜ) ε; the step uses what it needs (XLA drops
+    the rest)."""
+    at = row(tables, i)
+    x, out = sample.astype(jnp.float32), model_output.astype(jnp.float32)
+    a, sigma = at("sqrt_alpha"), at("sqrt_one_minus_alpha")
+    pred = scheduler.config["prediction_type"]
+    x0 = x0_from_output(pred, x, out, a, sigma)
+    return at, x, x0, eps_from_output(pred, x, out, x0, a, sigma)
 
 
 def discrete_add_noise(tables: Tables, original, noise, i) -> jax.Array:
@@ -96,13 +116,8 @@ class DDPM(Scheduler):
     def step(
         self, tables: Tables, state: State, i: jax.Array, sample, model_output, noise
     ) -> tuple[jax.Array, State]:
-        at = lambda key: jnp.asarray(tables[key])[i]  # noqa: E731
-        x, out = sample.astype(jnp.float32), model_output.astype(jnp.float32)
-        pred = self.config["prediction_type"]
-        x0 = clip_x0(
-            self, x0_from_output(pred, x, out, at("sqrt_alpha"), at("sqrt_one_minus_alpha"))
-        )
-        prev = at("coef_x0") * x0 + at("coef_xt") * x
+        at, x, x0, _ = discrete_prediction(self, tables, i, sample, model_output)
+        prev = at("coef_x0") * clip_x0(self, x0) + at("coef_xt") * x
         prev = prev + at("noise_std") * noise.astype(jnp.float32)
         return prev.astype(sample.dtype), {"count": state["count"] + 1}
 

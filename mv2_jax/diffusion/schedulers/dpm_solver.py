@@ -13,7 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from mv2_jax.diffusion import schedules
-from mv2_jax.diffusion.schedulers.base import Scheduler, State, Tables, register, x0_from_output
+from mv2_jax.diffusion.schedulers.base import (
+    Scheduler,
+    State,
+    Tables,
+    register,
+    row,
+    x0_from_output,
+)
 
 SOLVER_DEFAULTS = {
     "num_train_timesteps": 1000,
@@ -199,7 +206,7 @@ class DPMSolverPP(MultistepScheduler):
     def step(
         self, tables: Tables, state: State, i: jax.Array, sample, model_output, noise
     ) -> tuple[jax.Array, State]:
-        at = lambda key: jnp.asarray(tables[key])[i]  # noqa: E731
+        at = row(tables, i)
         x, out = sample.astype(jnp.float32), model_output.astype(jnp.float32)
         d0 = self.to_x0(tables, i, x, out)
         second = (state["count"] >= 1) & ~at("first_order_only")

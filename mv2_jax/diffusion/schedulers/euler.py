@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mv2_jax.diffusion import schedules
-from mv2_jax.diffusion.schedulers.base import Scheduler, State, Tables, register
+from mv2_jax.diffusion.schedulers.base import Scheduler, State, Tables, register, row
 
 COMMON_DEFAULTS = {
     "num_train_timesteps": 1000,
@@ -161,7 +161,7 @@ class EulerAncestral(SigmaScheduler):
     def step(
         self, tables: Tables, state: State, i: jax.Array, sample, model_output, noise
     ) -> tuple[jax.Array, State]:
-        at = lambda key: jnp.asarray(tables[key])[i]  # noqa: E731
+        at = row(tables, i)
         sigma = at("sigmas")
         x, out = sample.astype(jnp.float32), model_output.astype(jnp.float32)
         derivative = (x - self.denoised(x, out, sigma)) / sigma

@@ -12,8 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mv2_jax.diffusion.schedulers.base import Scheduler, State, Tables, register, x0_from_output
-from mv2_jax.diffusion.schedulers.ddpm import NO_THRESHOLDING, clip_x0, discrete_add_noise
+from mv2_jax.diffusion.schedulers.base import Scheduler, State, Tables, register
+from mv2_jax.diffusion.schedulers.ddpm import (
+    NO_THRESHOLDING,
+    clip_x0,
+    discrete_add_noise,
+    discrete_prediction,
+)
 
 # `LCMScheduler.__init__`'s keys and defaults (`TCDScheduler`'s are the same). diffusers reads
 # neither `timestep_spacing` nor `steps_offset` in these classes: the timesteps are always
@@ -140,10 +145,7 @@ class LCM(ConsistencyScheduler):
     def step(
         self, tables: Tables, state: State, i: jax.Array, sample, model_output, noise
     ) -> tuple[jax.Array, State]:
-        at = lambda key: jnp.asarray(tables[key])[i]  # noqa: E731
-        x, out = sample.astype(jnp.float32), model_output.astype(jnp.float32)
-        pred = self.config["prediction_type"]
-        x0 = x0_from_output(pred, x, out, at("sqrt_alpha"), at("sqrt_one_minus_alpha"))
+        at, x, x0, _ = discrete_prediction(self, tables, i, sample, model_output)
         denoised = at("c_out") * clip_x0(self, x0) + at("c_skip") * x
         prev = at("coef_denoised") * denoised + at("noise_std") * noise.astype(jnp.float32)
         return prev.astype(sample.dtype), {"count": state["count"] + 1}

@@ -13,13 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mv2_jax.diffusion.schedulers.base import (
-    State,
-    Tables,
-    eps_from_output,
-    register,
-    x0_from_output,
-)
+from mv2_jax.diffusion.schedulers.base import State, Tables, register
+from mv2_jax.diffusion.schedulers.ddpm import discrete_prediction
 from mv2_jax.diffusion.schedulers.lcm import ConsistencyScheduler
 
 
@@ -64,12 +59,7 @@ class TCD(ConsistencyScheduler):
     def step(
         self, tables: Tables, state: State, i: jax.Array, sample, model_output, noise
     ) -> tuple[jax.Array, State]:
-        at = lambda key: jnp.asarray(tables[key])[i]  # noqa: E731
-        x, out = sample.astype(jnp.float32), model_output.astype(jnp.float32)
-        pred = self.config["prediction_type"]
-        a, sigma = at("sqrt_alpha"), at("sqrt_one_minus_alpha")
-        x0 = x0_from_output(pred, x, out, a, sigma)
-        eps = eps_from_output(pred, x, out, x0, a, sigma)
+        at, _, x0, eps = discrete_prediction(self, tables, i, sample, model_output)
         x_s = at("sqrt_alpha_s") * x0 + at("sqrt_one_minus_alpha_s") * eps
         prev = at("coef_noised") * x_s + at("noise_std") * noise.astype(jnp.float32)
         return prev.astype(sample.dtype), {"count": state["count"] + 1}

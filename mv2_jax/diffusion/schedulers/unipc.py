@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mv2_jax.diffusion.schedulers.base import State, Tables, register
+from mv2_jax.diffusion.schedulers.base import State, Tables, register, row
 from mv2_jax.diffusion.schedulers.dpm_solver import (
     SOLVER_DEFAULTS,
     SOLVER_FIXED,
@@ -118,7 +118,7 @@ class UniPC(MultistepScheduler):
     def step(
         self, tables: Tables, state: State, i: jax.Array, sample, model_output, noise
     ) -> tuple[jax.Array, State]:
-        at = lambda key: jnp.asarray(tables[key])[i]  # noqa: E731
+        at = row(tables, i)
         count, m0, m1 = state["count"], state["m0"], state["m1"]
         x, out = sample.astype(jnp.float32), model_output.astype(jnp.float32)
         x0 = self.to_x0(tables, i, x, out)
