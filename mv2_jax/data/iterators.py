@@ -11,6 +11,7 @@ they see the global order, and (without skips) the global batch of step `k` is p
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from fractions import Fraction
@@ -138,6 +139,52 @@ def is_image_step(step: int, image_ratio: float) -> bool:
     return (step + 1) * r.numerator // r.denominator > step * r.numerator // r.denominator
 
 
+def per_process_batch_size(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} must be a positive multiple of "
+            f"process_count {process_count}"
+        )
+    return global_batch_size // process_count
+
+
+@dataclasses.dataclass(frozen=True)
+class Reader:
+    """How one process turns a random-access dataset into batches: its share of the global
+    order (`sharded_elements`), `read_threads` threads or `num_workers` processes loading
+    `prefetch` batches ahead, batched by a `SkippingBatcher` of the per-process batch size."""
+
+    global_batch_size: int
+    seed: int = 0
+    process_index: int = 0
+    process_count: int = 1
+    num_workers: int = 0
+    prefetch: int = 2
+    read_threads: int = 4
+    max_consecutive_skips: int = 1000
+
+    @property
+    def batch_size(self) -> int:
+        return per_process_batch_size(self.global_batch_size, self.process_count)
+
+    def batches(
+        self, num_records: int, load: Callable[[tuple[int, int]], dict], is_image: bool
+    ) -> SkippingBatcher:
+        """`load`ed records of a dataset of `num_records`, batched."""
+        batch_size = self.batch_size
+        elements = sharded_elements(
+            num_records,
+            load,
+            seed=self.seed,
+            process_index=self.process_index,
+            process_count=self.process_count,
+            read_threads=self.read_threads,
+            prefetch_elements=self.prefetch * batch_size,
+            num_workers=self.num_workers,
+        )
+        return SkippingBatcher(iter(elements), batch_size, is_image, self.max_consecutive_skips)
+
+
 class TrainIterator(grain.DatasetIterator):
     """Alternates whole batches from a video and an image batcher by `is_image_step`; with
     only one of them, every step comes from it.
@@ -198,3 +245,8 @@ class TrainIterator(grain.DatasetIterator):
             if it is not None:
                 it.set_state(state[name])
         self._step = int(state["step"])
+
+
+def single_kind(batcher: SkippingBatcher, is_image: bool) -> TrainIterator:
+    """A `TrainIterator` whose every step comes from `batcher`, of images or of videos."""
+    return TrainIterator(None, batcher, 1.0) if is_image else TrainIterator(batcher, None, 0.0)

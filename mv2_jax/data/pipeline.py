@@ -21,7 +21,11 @@ from mv2_jax.data.decode import (
     resize_and_crop,
     to_model_range,
 )
-from mv2_jax.data.iterators import SkippingBatcher, TrainIterator, sharded_elements
+from mv2_jax.data.iterators import (
+    Reader,
+    SkippingBatcher,
+    TrainIterator,
+)
 
 BUILD_VIDEO = "python -m mv2_jax.data.build video --videos-dir DIR --manifest FILE --data-dir OUT"
 BUILD_IMAGE = "python -m mv2_jax.data.build image --images-dir DIR --manifest FILE --data-dir OUT"
@@ -89,15 +93,6 @@ def _text(value) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def per_process_batch_size(global_batch_size: int, process_count: int) -> int:
-    if global_batch_size <= 0 or global_batch_size % process_count:
-        raise ValueError(
-            f"global_batch_size {global_batch_size} must be a positive multiple of "
-            f"process_count {process_count}"
-        )
-    return global_batch_size // process_count
-
-
 def check_image_ratio(image_ratio: float, has_video: bool, has_image: bool) -> None:
     if not 0.0 <= image_ratio <= 1.0:
         raise ValueError(f"image_ratio must be in [0, 1], got {image_ratio}")
@@ -127,24 +122,15 @@ def make_iterator_from_sources(
     """`make_train_iterator` over random-access sources already open (anything with `len` and
     `source[i]` → record dict, e.g. a list in tests)."""
     check_image_ratio(image_ratio, video_source is not None, image_source is not None)
-    batch_size = per_process_batch_size(global_batch_size, process_count)
+    reader = Reader(global_batch_size, seed, process_index, process_count, num_workers,
+                    prefetch, read_threads, max_consecutive_skips)  # fmt: skip
 
     def batcher(source, is_image: bool) -> SkippingBatcher | None:
         if source is None or (is_image and image_ratio == 0) or (not is_image and image_ratio == 1):
             return None
         image_spec = dataclasses.replace(spec, num_frames=1)
         load = LoadExample(source, image_spec if is_image else spec, is_image, seed)
-        elements = sharded_elements(
-            len(source),
-            load,
-            seed=seed,
-            process_index=process_index,
-            process_count=process_count,
-            read_threads=read_threads,
-            prefetch_elements=prefetch * batch_size,
-            num_workers=num_workers,
-        )
-        return SkippingBatcher(iter(elements), batch_size, is_image, max_consecutive_skips)
+        return reader.batches(len(source), load, is_image)
 
     return TrainIterator(batcher(video_source, False), batcher(image_source, True), image_ratio)
 

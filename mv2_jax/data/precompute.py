@@ -17,8 +17,8 @@ import ml_dtypes
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mv2_jax.data.iterators import SkippingBatcher, TrainIterator, sharded_elements
-from mv2_jax.data.pipeline import check_image_ratio, per_process_batch_size
+from mv2_jax.data.iterators import Reader, SkippingBatcher, TrainIterator
+from mv2_jax.data.pipeline import check_image_ratio
 
 log = logging.getLogger(__name__)
 
@@ -164,21 +164,12 @@ def make_precomputed_iterator(
     from mv2_jax.data.builders import open_dataset
 
     check_image_ratio(image_ratio, True, image_data_dir is not None)
-    batch_size = per_process_batch_size(global_batch_size, process_count)
+    reader = Reader(global_batch_size, seed, process_index, process_count, num_workers,
+                    prefetch, read_threads)  # fmt: skip
 
     def batcher(folder) -> SkippingBatcher:
         source, metadata = open_dataset(folder, _NAME, HOW_TO_BUILD)
-        elements = sharded_elements(
-            len(source),
-            LoadPrecomputed(source),
-            seed=seed,
-            process_index=process_index,
-            process_count=process_count,
-            read_threads=read_threads,
-            prefetch_elements=prefetch * batch_size,
-            num_workers=num_workers,
-        )
-        return SkippingBatcher(iter(elements), batch_size, bool(metadata.get("is_image")))
+        return reader.batches(len(source), LoadPrecomputed(source), bool(metadata.get("is_image")))
 
     main = batcher(data_dir) if image_ratio < 1 else None
     images = batcher(image_data_dir) if image_data_dir is not None and image_ratio > 0 else None

@@ -31,8 +31,8 @@ from mv2_jax.data.decode import (
     resize_and_crop,
     to_model_range,
 )
-from mv2_jax.data.iterators import SkippingBatcher, TrainIterator, sharded_elements
-from mv2_jax.data.pipeline import ClipSpec, per_process_batch_size
+from mv2_jax.data.iterators import Reader, TrainIterator, single_kind
+from mv2_jax.data.pipeline import ClipSpec
 from mv2_jax.data.preferences import NAME
 
 BUILD = "python -m mv2_jax.data.build preferences --votes|--pairs|--pickapic FILE --data-dir OUT"
@@ -127,22 +127,12 @@ def make_preference_iterator_from_source(
     """`make_preference_iterator` over a random-access source already open."""
     if kind not in ("image", "video"):
         raise ValueError(f"kind {kind!r}: a preference dataset holds 'image' or 'video' pairs")
-    batch_size = per_process_batch_size(global_batch_size, process_count)
+    reader = Reader(global_batch_size, seed, process_index, process_count, num_workers,
+                    prefetch, read_threads, max_consecutive_skips)  # fmt: skip
     is_image = kind == "image"
     spec = dataclasses.replace(spec, num_frames=1) if is_image else spec
     load = LoadPair(source, spec, is_image, seed, _load_tokenizer(tokenizer))
-    elements = sharded_elements(
-        len(source),
-        load,
-        seed=seed,
-        process_index=process_index,
-        process_count=process_count,
-        read_threads=read_threads,
-        prefetch_elements=prefetch * batch_size,
-        num_workers=num_workers,
-    )
-    batcher = SkippingBatcher(iter(elements), batch_size, is_image, max_consecutive_skips)
-    return TrainIterator(None, batcher, 1.0) if is_image else TrainIterator(batcher, None, 0.0)
+    return single_kind(reader.batches(len(source), load, is_image), is_image)
 
 
 def make_preference_iterator(
@@ -229,20 +219,10 @@ def make_precomputed_preference_iterator(
             f"{data_dir}: a precomputed dataset without {missing}, not one of preference pairs; "
             "precompute it from make_preference_iterator's batches"
         )
-    batch_size = per_process_batch_size(global_batch_size, process_count)
-    elements = sharded_elements(
-        len(source),
-        LoadPrecomputedPair(source),
-        seed=seed,
-        process_index=process_index,
-        process_count=process_count,
-        read_threads=read_threads,
-        prefetch_elements=prefetch * batch_size,
-        num_workers=num_workers,
-    )
+    reader = Reader(global_batch_size, seed, process_index, process_count, num_workers,
+                    prefetch, read_threads)  # fmt: skip
     is_image = bool(metadata.get("is_image"))
-    batcher = SkippingBatcher(iter(elements), batch_size, is_image)
-    return TrainIterator(None, batcher, 1.0) if is_image else TrainIterator(batcher, None, 0.0)
+    return single_kind(reader.batches(len(source), LoadPrecomputedPair(source), is_image), is_image)
 
 
 def preference_iterator(config, tokenizer=None) -> TrainIterator:
