@@ -1,19 +1,21 @@
-"""What few-step students save (issue 22): the README's first command on the shipped cascade
-with the shipped teachers' settings against the consistency-distilled students (LoRA files,
-`--STAGE-scheduler lcm`, a few unguided steps), and one distillation training step against a
-plain training step of the same stage, batch and LoRA.
+"""What few-step sampling saves (issue 22): the README's first command on the shipped cascade
+with the teachers' settings (`--teachers`) against the few-step default (the T2I teacher by
+DPM-Solver++(2M) in 8 steps, the distilled I2V and V2V students by LCM), or against students
+of your own (LoRA files, `--STAGE-scheduler lcm`, a few unguided steps); and one distillation
+training step against a plain training step of the same stage, batch and LoRA.
 
 Part `cascade`: `sample.py "a red circle moving right"` in fresh processes, cold (an empty
 compilation cache) then warm (the same cache), with `--timings`; a table of UNet calls per
 video (the progress lines' counts: steps run, a guided step counted twice) and seconds per
-phase, teacher and student side by side. A stage without a student LoRA samples as the teacher.
+phase, teacher and few-step side by side. With `--STAGE-lora`, a stage without one samples as
+the teacher.
 
 Part `steps`: `train.py`'s loop (`mv2_jax.training.trainer.train`, each run in its own process)
 for `--steps` steps of configs/lcd.py's variant and of the same config without its `lcd`
 section (the stage's ordinary denoising loss on the same LoRA, batch and data); the median
 `seconds_per_step` of its metrics after the first logged window (compilation excluded).
 
-    python benchmarks/few_step.py                          # both parts, the shipped students
+    python benchmarks/few_step.py                          # both parts, the shipped default
     python benchmarks/few_step.py cascade --t2i-lora runs/lcd/t2i_lora --student-steps 4
     python benchmarks/few_step.py steps --variants shapes_t2i --steps 40
 """
@@ -35,8 +37,6 @@ sys.path.insert(1, str(HERE.parent))
 from common import machine, table  # noqa: E402
 from first_run import run_once, shortened  # noqa: E402
 
-from mv2_jax.pipelines.shipped import SHIPPED_LORAS  # noqa: E402
-
 STAGES = ("t2i", "i2v", "v2v")
 CALLS = re.compile(r"^\[\d+/\d+\] (\w+): .*, (\d+) UNet calls$")
 # the data the shapes variants distil on (docs/shapes.md "Few-step students"): the world's
@@ -45,7 +45,7 @@ DATA = {"t2i": "runs/shapes/data/image64", "i2v": "runs/shapes/data/video128"}
 
 
 def student_flags(loras: dict[str, str | None], steps: int) -> list[str]:
-    """The cascade flags of the student arm: each stage with a LoRA samples it with the LCM
+    """The cascade flags of the few-step arm: each stage with a LoRA samples it with the LCM
     scheduler, `steps` steps, no guidance."""
     flags = []
     for stage, lora in loras.items():
@@ -65,9 +65,8 @@ def cascade_part(args) -> None:
     loras = {stage: getattr(args, f"{stage}_lora") for stage in STAGES}
     # absolute: sample.py runs in a temporary folder
     loras = {stage: lora and str(Path(lora).resolve()) for stage, lora in loras.items()}
-    if not any(loras.values()):
-        sys.exit("no student LoRA: give --t2i-lora / --i2v-lora / --v2v-lora (none is shipped)")
-    arms = {"teacher": [], "student": student_flags(loras, args.student_steps)}
+    # no LoRA given: the shipped few-step default, which needs no flag
+    arms = {"teacher": ["--teachers"], "few-step": student_flags(loras, args.student_steps)}
     results = {}
     for arm, flags in arms.items():
         with tempfile.TemporaryDirectory() as tmp:
@@ -75,7 +74,7 @@ def cascade_part(args) -> None:
             runs = [run_once(cache, out, flags) for _ in range(1 + args.warm_runs)]
         results[arm] = runs
         print(f"  {arm}: " + " ".join(f"{wall:.1f} s" for wall, _ in runs), file=sys.stderr)
-    print(f"\nFlags of the student arm: `{' '.join(arms['student'])}`\n")
+    print(f"\nFlags of the few-step arm: `{' '.join(arms['few-step']) or '(none: the default)'}`\n")
     rows = []
     calls = {arm: unet_calls(runs[0][1]) for arm, runs in results.items()}
     for stage in STAGES:
@@ -90,7 +89,7 @@ def cascade_part(args) -> None:
     for name in dict.fromkeys(n for runs in results.values() for n, _ in shortened(runs[-1][1])):
         seconds = [dict(shortened(results[arm][-1][1])).get(name, 0.0) for arm in arms]
         rows.append([f"{name} (last warm run)", *(f"{s:.1f}" for s in seconds), ""])
-    print(table(["", "teacher (shipped settings)", "student", "teacher / student"], rows))
+    print(table(["", "teachers (`--teachers`)", "few-step", "teachers / few-step"], rows))
 
 
 def steps_worker(variant: str, plain: bool, steps: int, workdir: str, data: str) -> None:
@@ -137,12 +136,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("part", nargs="?", choices=("cascade", "steps", "both"), default="both")
     for stage in STAGES:
-        shipped = SHIPPED_LORAS.get(f"lcm_{stage}")
         parser.add_argument(
-            f"--{stage}-lora", default=str(shipped) if shipped and shipped.exists() else None,
-            help=f"the {stage.upper()} student's LoRA (default: the shipped one, if any)",
-        )  # fmt: skip
-    parser.add_argument("--student-steps", type=int, default=4, help="each student's LCM steps")
+            f"--{stage}-lora",
+            help=f"a {stage.upper()} student's LoRA (default: the shipped few-step sampling)",
+        )
+    parser.add_argument("--student-steps", type=int, default=4,
+                        help="each given student's LCM steps")  # fmt: skip
     parser.add_argument("--warm-runs", type=int, default=2, help="warm runs after the cold one")
     parser.add_argument("--variants", nargs="+", default=["shapes_t2i", "shapes_i2v"],
                         help="configs/lcd.py variants of part `steps`")  # fmt: skip

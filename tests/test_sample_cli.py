@@ -184,18 +184,52 @@ def cascade_flags(*argv: str):
 def test_no_model_flags_run_the_shipped_models(shipped_present):
     from mv2_jax.commands.stages import DIFFUSION_STAGES, SHIPPED_STAGES, stage_settings
 
-    flags = cascade_flags("a red circle", "--v2v-steps", "4").stages
+    flags = cascade_flags("a red circle", "--teachers", "--v2v-steps", "4").stages
     expected = tuple(map(str, shipped_present.values()))
     assert tuple(flags.models[s] for s in ("t2i", "i2v", "v2v")) == expected
-    # the shipped set's sampling settings, where the command line leaves them open
+    # the teachers' sampling settings, where the command line leaves them open
     assert (flags.stages["i2v"].steps, flags.stages["v2v"].steps) == (SHIPPED_STAGES["i2v"][0], 4)
     assert flags.stages["v2v"].guidance_scale == SHIPPED_STAGES["v2v"][1]
+    assert all(not flags.stages[s].lora and flags.stages[s].scheduler is None
+               for s in ("t2i", "i2v", "v2v"))  # fmt: skip
     flags = cascade_flags("a fox", "--i2v-model", "mine").stages
     # a model of one's own: no shipped model or setting mixed in
     assert tuple(flags.models[s] for s in ("t2i", "i2v", "v2v")) == (None, "mine", None)
     assert (flags.stages["v2v"].steps, flags.stages["v2v"].guidance_scale) == (None, None)
     settings = stage_settings(flags)
     assert [settings[s].steps for s in ("t2i", "i2v", "v2v")] == list(DIFFUSION_STAGES.values())
+
+
+def test_the_shipped_models_sample_in_few_steps_unless_told(shipped_present, monkeypatch, tmp_path):
+    """By default the shipped set samples the few-step way (the T2I teacher by DPM-Solver++, the
+    I2V and V2V students by LCM, unguided); a stage given any sampling flag samples as its
+    teacher, and so does a stage whose student this install lacks."""
+    from mv2_jax.commands.stages import SHIPPED_STAGES
+    from mv2_jax.pipelines import shipped
+
+    def sampling(stage):
+        s = flags.stages[stage]
+        return s.scheduler, s.steps, s.guidance_scale, tuple(str(lora) for lora in s.lora)
+
+    flags = cascade_flags("a red circle").stages
+    i2v_student, v2v_student = shipped.SHIPPED_LORAS["lcm_i2v"], shipped.SHIPPED_LORAS["lcm_v2v"]
+    assert sampling("t2i") == ("dpmpp_2m", 8, 2.0, ())
+    assert sampling("i2v") == ("lcm", 2, 1.0, (f"{i2v_student}:0.3",))
+    assert sampling("v2v") == ("lcm", 4, 1.0, (f"{v2v_student}:1",))
+    calls = {s: flags.stages[s].steps * (2 if flags.stages[s].guidance_scale > 1 else 1)
+             for s in ("t2i", "i2v", "v2v")}  # fmt: skip
+    assert sum(calls.values()) == 22  # against the teachers' 120
+
+    flags = cascade_flags("a red circle", "--i2v-lora", "slow.safetensors").stages
+    assert sampling("i2v") == (None, *SHIPPED_STAGES["i2v"], ("slow.safetensors:1",))
+    assert sampling("v2v")[0] == "lcm"  # the other stages keep theirs
+    flags = cascade_flags("a red circle", "--t2i-steps", "12").stages
+    assert sampling("t2i") == (None, 12, SHIPPED_STAGES["t2i"][1], ())
+
+    monkeypatch.setitem(shipped.SHIPPED_LORAS, "lcm_v2v", tmp_path / "no-student")
+    flags = cascade_flags("a red circle").stages
+    assert sampling("v2v") == (None, *SHIPPED_STAGES["v2v"], ())
+    assert sampling("i2v")[0] == "lcm"
 
 
 def test_settings_are_frozen_and_checks_leave_them_as_they_were(shipped_present):

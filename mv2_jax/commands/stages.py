@@ -30,12 +30,18 @@ from mv2_jax.commands.lora_flags import LoraFlag, add_lora_flag, apply_loras, lo
 from mv2_jax.commands.video import fps_problems
 from mv2_jax.dtypes import parse_dtype
 from mv2_jax.pipelines.defaults import STAGE_DEFAULTS
-from mv2_jax.pipelines.shipped import SHIPPED_SAMPLING, shipped_model
+from mv2_jax.pipelines.shipped import (
+    SHIPPED_FEW_STEP,
+    SHIPPED_LORAS,
+    SHIPPED_SAMPLING,
+    shipped_model,
+)
 
 SKIPPABLE = ("t2i", "v2v", "vfi")
 MODEL_STAGES = ("t2i", "i2v", "v2v", "vfi")
 DIFFUSION_STAGES = {stage: STAGE_DEFAULTS[stage].steps for stage in ("t2i", "i2v", "v2v")}
-# How the shipped set samples each stage, (steps, guidance), where the command line leaves it open.
+# How the shipped models sample each stage as teachers (`--teachers`), (steps, guidance), where
+# the command line leaves it open.
 SHIPPED_STAGES = {
     "t2i": (SHIPPED_SAMPLING["t2i_steps"], SHIPPED_SAMPLING["t2i_guidance_scale"]),
     "i2v": (SHIPPED_SAMPLING["i2v_steps"], SHIPPED_SAMPLING["i2v_guidance_scale"]),
@@ -54,6 +60,12 @@ class StageFlags:
     size: tuple[int, int] | None = None
     lora: Sequence[LoraFlag] = ()
 
+    @property
+    def sets_sampling(self) -> bool:
+        """Whether any flag that decides how the stage samples was given."""
+        given = (self.steps, self.guidance_scale, self.scheduler)
+        return any(v is not None for v in given) or bool(self.lora)
+
 
 @dataclass(frozen=True)
 class StageRunFlags:
@@ -63,6 +75,7 @@ class StageRunFlags:
     models: Mapping[str, str | None]
     stages: Mapping[str, StageFlags]
     skip: tuple[str, ...]
+    teachers: bool
     negative_prompt: str | None
     seed: int
     num_frames: int | None
@@ -106,6 +119,15 @@ def add_stage_flags(parser) -> None:
         default=[],
         metavar="STAGE",
         help=f"leave a stage out: {', '.join(SKIPPABLE)} (repeat or comma-separate)",
+    )
+    flag(
+        "--teachers",
+        action="store_true",
+        help="with the shipped models: sample every stage as its teacher (DDIM, 30 / 25 / 10 "
+        "steps, guided T2I and I2V: 120 UNet calls a video) instead of the few-step default "
+        "(T2I by DPM-Solver++(2M) in 8 guided steps, the distilled I2V and V2V students by LCM "
+        "in 2 and 4: 22 calls). A stage given --STAGE-steps, -guidance-scale, -scheduler or "
+        "-lora samples as its teacher anyway",
     )
     flag("--seed", type=int, default=0, metavar="N", help="every stage's seed unless given")
     for stage, steps in DIFFUSION_STAGES.items():
@@ -207,8 +229,10 @@ def stage_run_flags(args: argparse.Namespace) -> StageRunFlags:
 
 def with_shipped_models(flags: StageRunFlags) -> StageRunFlags:
     """No diffusion model named at all: the shipped shapes-world T2I, I2V and V2V (one set; a
-    model of your own for any stage means choosing the others too), sampled with the shipped
-    set's steps and guidance where the flags leave them open."""
+    model of your own for any stage means choosing the others too). A stage whose sampling the
+    flags leave open samples the few-step way (`SHIPPED_FEW_STEP`: its scheduler, steps,
+    guidance and student LoRA); with `--teachers`, or where a stage's sampling flags are given,
+    the teacher's steps and guidance fill what the flags leave open."""
     named = [flags.models[stage] for stage in DIFFUSION_STAGES]
     shipped = {stage: shipped_model(stage) for stage in DIFFUSION_STAGES}
     if any(named) or not any(shipped.values()):
@@ -217,6 +241,10 @@ def with_shipped_models(flags: StageRunFlags) -> StageRunFlags:
     models.update({stage: str(folder) for stage, folder in shipped.items() if folder})
     stages = {}
     for stage, given in flags.stages.items():
+        few_step = _few_step(stage) if not (flags.teachers or given.sets_sampling) else None
+        if few_step is not None:
+            stages[stage] = replace(given, **few_step)
+            continue
         steps, guidance = SHIPPED_STAGES[stage]
         stages[stage] = replace(
             given,
@@ -224,6 +252,19 @@ def with_shipped_models(flags: StageRunFlags) -> StageRunFlags:
             guidance_scale=guidance if given.guidance_scale is None else given.guidance_scale,
         )
     return replace(flags, models=models, stages=stages)
+
+
+def _few_step(stage: str) -> dict | None:
+    """`stage`'s few-step `StageFlags` fields, None where this install lacks its student."""
+    sampling = SHIPPED_FEW_STEP[stage]
+    lora = ()
+    if sampling.lora is not None:
+        folder = SHIPPED_LORAS[sampling.lora]
+        if not folder.is_dir():
+            return None
+        lora = (LoraFlag(str(folder), sampling.lora_scale),)
+    return dict(steps=sampling.steps, guidance_scale=sampling.guidance_scale,
+                scheduler=sampling.scheduler, lora=lora)  # fmt: skip
 
 
 # -------------------------------------------------------------------------------- checks
