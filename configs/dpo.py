@@ -52,45 +52,38 @@ def preference_run(config, beta: float) -> ml_collections.ConfigDict:
     return config
 
 
+def shapes_run(stage: str) -> ml_collections.ConfigDict:
+    """A LoRA-DPO run (rank 8) on the shipped shapes-world model of `stage` ("t2i", "i2v")."""
+    config = preference_run({"t2i": t2i, "i2v": i2v}[stage].get_config("shapes"), beta=5000.0)
+    config.model.pipeline = str(SHIPPED[stage])
+    config.model.lora.rank = 8  # T2I: attention; I2V: the motion modules (configs/i2v.py)
+    config.lr, config.warmup_steps, config.total_steps = 1e-4, 50, 1000
+    config.checkpoint_every = 100
+    return config
+
+
 def get_config(variant: str = "shapes_t2i"):
     if variant == "shapes_t2i":
-        config = preference_run(t2i.get_config("shapes"), beta=5000.0)
+        config = shapes_run("t2i")
         config.model.init = {}
-        config.model.pipeline = str(SHIPPED["t2i"])
-        config.model.lora.rank = 8
         config.batch_size = 16
-        config.lr = 1e-4
-        config.warmup_steps = 50
-        config.total_steps = 1000
-        config.checkpoint_every = 100
     elif variant == "shapes_i2v":
-        config = preference_run(i2v.get_config("shapes"), beta=5000.0)
-        config.model.pipeline = str(SHIPPED["i2v"])
+        config = shapes_run("i2v")
         config.model.new_motion_modules = ml_collections.ConfigDict()  # the I2V has its own
         config.i2v.controlnet_from = str(SHIPPED["i2v"] / "controlnet")
-        config.model.lora.rank = 8  # on the motion modules (configs/i2v.py LORA_TARGETS)
         config.batch_size = 4
-        config.lr = 1e-4
-        config.warmup_steps = 50
-        config.total_steps = 1000
-        config.checkpoint_every = 100
     elif variant == "sd15":
         config = preference_run(t2i.get_config("sd15"), beta=5000.0)
         # Wallace et al. §5: 2048 pairs a step, lr 1e-8 scaled by the batch, 500 warm-up
         # steps, 2000 steps on Pick-a-Pic v2.
-        config.batch_size = 2048
-        config.grad_accum_steps = 64
-        config.lr = 2.048e-5
-        config.warmup_steps = 500
-        config.total_steps = 2000
+        config.batch_size, config.grad_accum_steps = 2048, 64
+        config.lr, config.warmup_steps, config.total_steps = 2.048e-5, 500, 2000
         config.checkpoint_every = 100
     elif variant == "animatediff":
         config = preference_run(i2v.get_config("sd15"), beta=5000.0)
         config.model.lora.rank = 32  # a motion LoRA (configs/i2v.py LORA_TARGETS)
         config.batch_size = 16
-        config.lr = 1e-5
-        config.warmup_steps = 100
-        config.total_steps = 2000
+        config.lr, config.warmup_steps, config.total_steps = 1e-5, 100, 2000
         config.checkpoint_every = 100
     else:
         raise ValueError(f"configs/dpo.py: unknown variant {variant!r}; choose one of {VARIANTS}")
