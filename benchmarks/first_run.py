@@ -45,7 +45,8 @@ def run_once(
 def short_name(line: str) -> str:
     """A phase's progress line, shortened for the table."""
     if line.startswith("loading the LoRA "):  # "… the LoRA PATH (scale 1)" → "loading LoRA NAME"
-        return "loading LoRA " + Path(line.split()[3]).name
+        path = line[len("loading the LoRA ") :].rsplit(" (scale ", 1)[0]
+        return "loading LoRA " + Path(path).name
     if line.startswith("loading the "):  # "loading the I2V model FOLDER" → "loading I2V model"
         return "loading " + line[len("loading the ") :].rsplit(" ", 1)[0]
     if line.startswith("["):  # "[1/4] t2i: text → key image, 64×64" → "stage t2i: …"

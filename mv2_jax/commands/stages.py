@@ -32,8 +32,8 @@ from mv2_jax.dtypes import parse_dtype
 from mv2_jax.pipelines.defaults import STAGE_DEFAULTS
 from mv2_jax.pipelines.shipped import (
     SHIPPED_FEW_STEP,
-    SHIPPED_LORAS,
     SHIPPED_SAMPLING,
+    shipped_lora,
     shipped_model,
 )
 
@@ -259,8 +259,8 @@ def _few_step(stage: str) -> dict | None:
     sampling = SHIPPED_FEW_STEP[stage]
     lora = ()
     if sampling.lora is not None:
-        folder = SHIPPED_LORAS[sampling.lora]
-        if not folder.is_dir():
+        folder = shipped_lora(sampling.lora)
+        if folder is None:
             return None
         lora = (LoraFlag(str(folder), sampling.lora_scale),)
     return dict(steps=sampling.steps, guidance_scale=sampling.guidance_scale,

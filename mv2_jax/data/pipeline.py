@@ -21,11 +21,7 @@ from mv2_jax.data.decode import (
     resize_and_crop,
     to_model_range,
 )
-from mv2_jax.data.iterators import (
-    Reader,
-    SkippingBatcher,
-    TrainIterator,
-)
+from mv2_jax.data.iterators import Reader, SkippingBatcher, TrainIterator
 
 BUILD_VIDEO = "python -m mv2_jax.data.build video --videos-dir DIR --manifest FILE --data-dir OUT"
 BUILD_IMAGE = "python -m mv2_jax.data.build image --images-dir DIR --manifest FILE --data-dir OUT"

@@ -63,6 +63,12 @@ SHIPPED_FEW_STEP = {
 }
 
 
+def shipped_lora(name: str) -> Path | None:
+    """The folder of the SHIPPED_LORAS entry `name`, None if this install lacks its file."""
+    folder = SHIPPED_LORAS[name]
+    return folder if (folder / "pytorch_lora_weights.safetensors").is_file() else None
+
+
 def shipped_model(stage: str) -> Path | None:
     """The shipped model folder of `stage` ("t2i", "i2v", "v2v", "vfi"), None if this install
     has none."""

@@ -64,8 +64,8 @@ def discrete_prediction(scheduler: Scheduler, tables: Tables, i, sample, model_o
 
 def discrete_add_noise(tables: Tables, original, noise, i) -> jax.Array:
     """xₜ = √ᾱₜ x₀ + √(1 − ᾱₜ) ε at t = timesteps[i] (Ho et al. 2020, eq. 4)."""
-    a = jnp.asarray(tables["sqrt_alpha"])[i]
-    s = jnp.asarray(tables["sqrt_one_minus_alpha"])[i]
+    at = row(tables, i)
+    a, s = at("sqrt_alpha"), at("sqrt_one_minus_alpha")
     return (a * original.astype(jnp.float32) + s * noise.astype(jnp.float32)).astype(original.dtype)
 
 
