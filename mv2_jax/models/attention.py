@@ -2,11 +2,17 @@
 
 Implementations (all return the same numbers to fp32 rounding):
   * "xla":     scores materialised, softmax, weighted sum; fastest for short sequences.
-  * "cudnn":   `jax.nn.dot_product_attention` (cuDNN flash attention on GPU when available).
+  * "cudnn":   cuDNN flash attention through `jax.nn.dot_product_attention` (GPU, fp16/bf16).
+  * "splash":  Pallas splash attention (TPU).
   * "chunked": memory-efficient attention (Rabe & Staats 2021, arXiv:2112.05682): queries in
                blocks, keys in blocks with an online softmax, so the full score matrix never
                exists; 1024² latents (16,384 tokens) fit.
-  * "auto":    "cudnn" on GPU, "chunked" for long sequences elsewhere, else "xla".
+  * "auto":    "cudnn" on GPU; "splash" on TPU and "chunked" elsewhere for long sequences; else
+               "xla".
+
+The two kernels (`mv2_jax.models.attention_kernels`) are checked before they are called: a call
+one cannot take (dtype, head dim, a mask over queries, no such device) runs the "chunked" / "xla"
+form instead, with the reason logged once.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mv2_jax.models.attention_kernels import KERNELS, warn_fallback
 from mv2_jax.models.layers import dense, group_norm
 
-IMPLEMENTATIONS = ("auto", "xla", "cudnn", "chunked")
-# Above this many score entries per (batch, head) "auto" switches to the chunked form on CPU/TPU.
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "chunked", "splash")
+# Above this many score entries per (batch, head) the XLA forms switch to the chunked one.
 _AUTO_CHUNK_THRESHOLD = 512 * 512
 # Small blocks keep the scores in cache on CPU (measured in benchmarks/unet_step.py).
 _QUERY_CHUNK = 512
@@ -58,11 +65,17 @@ def dot_product_attention(
             key_bias = jnp.asarray(key_bias, jnp.float32)
             if key_bias.shape != (key.shape[1],):
                 raise ValueError(f"key_bias {key_bias.shape}: expected [Lk] = ({key.shape[1]},)")
-        if implementation == "cudnn":
-            bias = None if key_bias is None else key_bias.astype(query.dtype)
-            return jax.nn.dot_product_attention(
-                query, key, value, bias=bias, mask=mask, is_causal=is_causal, scale=scale
-            )
+        if implementation in KERNELS:
+            kernel = KERNELS[implementation]
+            reason = kernel.unsupported(query, key, value, mask, key_bias, is_causal)
+            if reason is None:
+                return kernel.attend(
+                    query, key, value, mask=mask, key_bias=key_bias, is_causal=is_causal,
+                    scale=scale,
+                )  # fmt: skip
+            fallback = _portable(query, key, mask, is_causal)
+            warn_fallback(implementation, reason, fallback)
+            implementation = fallback
         if is_causal:
             lq, lk = query.shape[1], key.shape[1]
             causal = jnp.tril(jnp.ones((lq, lk), bool), k=lk - lq)
@@ -81,8 +94,18 @@ def dot_product_attention(
 
 
 def _auto(query, key, mask, is_causal) -> str:
-    if jax.default_backend() == "gpu" and query.dtype in (jnp.float16, jnp.bfloat16):
+    backend = jax.default_backend()
+    if backend == "gpu":
         return "cudnn"
+    # Splash pads to 128-token blocks: short sequences (16-frame temporal attention, CLIP's 77
+    # tokens) run better materialised.
+    if backend == "tpu" and query.shape[1] * key.shape[1] > _AUTO_CHUNK_THRESHOLD:
+        return "splash"
+    return _portable(query, key, mask, is_causal)
+
+
+def _portable(query, key, mask, is_causal) -> str:
+    """The XLA form for this call: "chunked" for long unmasked sequences, else "xla"."""
     long = query.shape[1] * key.shape[1] > _AUTO_CHUNK_THRESHOLD
     return "chunked" if long and mask is None and not is_causal else "xla"
 
