@@ -92,10 +92,23 @@ def _train(argv: list[str]) -> None:
         if not _PRECOMPUTE_EXAMPLES.value:
             raise app.UsageError("--precompute_to needs --precompute_examples N")
         precompute(_CONFIG.value, _WORKDIR.value, _PRECOMPUTE_TO.value, _PRECOMPUTE_EXAMPLES.value)
-        return
-    from mv2_jax.training.trainer import train
+    else:
+        from mv2_jax.training.trainer import train
 
-    train(_CONFIG.value, _WORKDIR.value, profile=_PROFILE.value)
+        train(_CONFIG.value, _WORKDIR.value, profile=_PROFILE.value)
+    _shutdown_distributed()
+
+
+def _shutdown_distributed() -> None:
+    """Leave a multi-process run together, after a run that ended well. jax registers no
+    shutdown at exit: without this, process 0's coordination service was torn down with the
+    interpreter while process 1 still polled it, and on busy CPUs one of them aborted (SIGABRT,
+    PollForError) after training had finished. `shutdown` waits at the service's shutdown
+    barrier until every process has arrived."""
+    import jax
+
+    if jax.distributed.is_initialized():
+        jax.distributed.shutdown()
 
 
 def main() -> None:
