@@ -3,7 +3,8 @@
 Implementations (all return the same numbers to fp32 rounding):
   * "xla":     scores materialised, softmax, weighted sum; fastest for short sequences.
   * "cudnn":   cuDNN flash attention through `jax.nn.dot_product_attention` (GPU, fp16/bf16).
-  * "splash":  Pallas splash attention (TPU).
+  * "splash":  Pallas splash attention (TPU); under `jax.set_mesh` each device runs it on its
+               own shard of the batch and heads (`mv2_jax.parallel.kernels`).
   * "chunked": memory-efficient attention (Rabe & Staats 2021, arXiv:2112.05682): queries in
                blocks, keys in blocks with an online softmax, so the full score matrix never
                exists; 1024² latents (16,384 tokens) fit.

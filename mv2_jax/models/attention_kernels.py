@@ -21,6 +21,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mv2_jax.parallel.kernels import shard_kernel
+
 log = logging.getLogger(__name__)
 
 _INTERPRET = contextvars.ContextVar("mv2_pallas_interpret", default=False)
@@ -224,8 +226,10 @@ def splash_attention(query, key, value, *, mask, key_bias, is_causal, scale) -> 
 
     Lengths are padded to whole blocks, padded keys masked through the folded key features;
     head dims are padded to 128 lanes (Mosaic's minor tiles, as MaxDiffusion does). Splash
-    takes no scale, so the query is scaled first (in fp32, then cast back)."""
-    _, lq, heads, dim = query.shape
+    takes no scale, so the query is scaled first (in fp32, then cast back). On a mesh the
+    kernel runs in a `shard_map` over the batch's and heads' axes (XLA would gather its inputs
+    onto every device): see `mv2_jax.parallel.kernels.shard_kernel`."""
+    _, lq, _, dim = query.shape
     lk = key.shape[1]
     blocks = splash_blocks(lq, lk)
     query = (query.astype(jnp.float32) * scale).astype(query.dtype)
@@ -238,9 +242,16 @@ def splash_attention(query, key, value, *, mask, key_bias, is_causal, scale) -> 
     else:
         query, key = _fold_key_additive(query, key, additive, _LANES)
     value = _pad_head(value, _LANES)
-    kernel = _splash_kernel(heads, blocks, lk - lq if is_causal else None, _INTERPRET.get())
+    causal_offset, interpret = lk - lq if is_causal else None, _INTERPRET.get()
+
+    def attend(query, key, value):  # [B, H, L, D], on a mesh each device's shard of B and H
+        kernel = _splash_kernel(query.shape[1], blocks, causal_offset, interpret)
+        return jax.vmap(kernel)(query, key, value)
+
     heads_first = functools.partial(jnp.swapaxes, axis1=1, axis2=2)
-    out = jax.vmap(kernel)(heads_first(query), heads_first(key), heads_first(value))
+    arrays = [heads_first(query), heads_first(key), heads_first(value)]
+    # Frames fold into the batch (spatial and temporal attention alike): split it like them.
+    out = shard_kernel(attend, arrays, ("video_rows", "heads"), name="splash attention")
     return heads_first(out)[:, :lq, :, :dim]
 
 

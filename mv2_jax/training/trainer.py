@@ -204,12 +204,14 @@ def train(config, workdir: str | Path, *, profile: bool = False) -> TrainState:
     trace_until = None
     for step in range(start, config.total_steps):
         batch = global_batch(stage.prepare(next(iterator)), mesh, rules)
-        if writer.flops_per_step is None and step == start:
-            writer.flops_per_step = step_flops(jitted.lower(state, consts, batch))
         if profile and step == start + 1:
             jax.profiler.start_trace(str(workdir / "profile"))
             trace_until = step + config.profile_steps
-        state, metrics = jitted(state, consts, batch)
+        # The step is traced on the mesh: the models' `constrain` and Pallas kernels read it.
+        with jax.set_mesh(mesh):
+            if writer.flops_per_step is None and step == start:
+                writer.flops_per_step = step_flops(jitted.lower(state, consts, batch))
+            state, metrics = jitted(state, consts, batch)
         done = step + 1
         if trace_until is not None and done >= trace_until:
             jax.block_until_ready(state)
