@@ -158,6 +158,15 @@ def run_config(workdir: str | os.PathLike, stage: str | None = None):
     return config
 
 
+def model_stage(config) -> str:
+    """The stage whose model a run's params hold: `config.stage`, or for a reward-gradient run
+    the stage it tunes (`reward_gradient.base`, t2i or i2v); DPO and LCD runs keep the tuned
+    stage in `config.stage` already."""
+    if config.stage == "reward_gradient":
+        return config.reward_gradient.base
+    return config.stage
+
+
 def restore_params(workdir: str | os.PathLike, step: int | None = None, ema: bool = False):
     """The trained model's params of a run's checkpoint (the latest unless `step`), as numpy
     arrays on the host; `ema=True` puts the EMA weights in place of the trained ones."""

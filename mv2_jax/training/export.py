@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mv2_jax.lora.leaves import fuse_lora_leaves
-from mv2_jax.training.checkpoint import restore_params, run_config
+from mv2_jax.training.checkpoint import model_stage, restore_params, run_config
 from mv2_jax.training.lora import lora_settings
 from mv2_jax.weights.convert import write_component
 from mv2_jax.weights.load import read_config
@@ -90,20 +90,21 @@ def export_pipeline(
     if config.stage in OWN_EXPORTERS:
         module, function = OWN_EXPORTERS[config.stage].split(":")
         return getattr(importlib.import_module(module), function)(workdir, out, step, ema)
+    stage = model_stage(config)
     pipeline = Path(config.model.pipeline) if config.model.pipeline else workdir / "init_pipeline"
     params = restore_params(workdir, step, ema)
     lora = lora_settings(config)
     if lora is not None:  # the base with the LoRA fused in, in the base's dtype
         fused = fuse_lora_leaves(params, lora.multiplier, cast=True)
         params = jax.tree.map(np.asarray, fused)
-    if config.stage == "t2i":
+    if stage == "t2i":
         components = {"unet": (read_config(pipeline / "unet"), params)}
         index_class = None
-    elif config.stage in VIDEO_PIPELINES:
+    elif stage in VIDEO_PIPELINES:
         components = _video_components(config, pipeline, params)
-        index_class = VIDEO_PIPELINES[config.stage]
+        index_class = VIDEO_PIPELINES[stage]
     else:
-        raise NotImplementedError(f"exporting a {config.stage!r} run; supported: t2i, i2v, v2v")
+        raise NotImplementedError(f"exporting a {stage!r} run; supported: t2i, i2v, v2v")
 
     index = json.loads((pipeline / "model_index.json").read_text())
     with new_folder(out) as partial:

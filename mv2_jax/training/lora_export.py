@@ -22,7 +22,7 @@ from flax import traverse_util
 from mv2_jax.lora.leaves import DOWN, UP, lora_leaves
 from mv2_jax.lora.read import FOLDER_FILES
 from mv2_jax.lora.resolve import module_torch_name
-from mv2_jax.training.checkpoint import restore_params, run_config
+from mv2_jax.training.checkpoint import model_stage, restore_params, run_config
 from mv2_jax.training.lora import LoraSettings, lora_settings
 from mv2_jax.weights.load import read_config
 from mv2_jax.weights.mapping import KeyMap
@@ -80,15 +80,14 @@ def export_lora(workdir: str | Path, out: str | Path, step: int | None = None, e
     settings = lora_settings(config)
     if settings is None:
         raise ValueError(f"{workdir}: not a LoRA run (config.model.lora.rank is 0)")
+    stage = model_stage(config)
     params = restore_params(workdir, step, ema)
-    unet = params if config.stage == "t2i" else params["unet"]
-    if config.stage != "t2i" and (
-        others := [k for k in params if k != "unet" and lora_leaves(params[k])]
-    ):
+    unet = params if stage == "t2i" else params["unet"]
+    if stage != "t2i" and (others := [k for k in params if k != "unet" and lora_leaves(params[k])]):
         raise ValueError(f"LoRA factors on {others}: a diffusers LoRA file holds the UNet's")
     pipeline = Path(config.model.pipeline) if config.model.pipeline else workdir / "init_pipeline"
     linear = bool(read_config(pipeline / "unet").get("use_linear_projection", False))
-    state, metadata = diffusers_lora_state(unet, settings, UNET_CLASSES[config.stage], linear)
+    state, metadata = diffusers_lora_state(unet, settings, UNET_CLASSES[stage], linear)
     with new_folder(out) as partial:
         save_file(state, str(partial / FOLDER_FILES[0]), metadata=metadata)
     return out

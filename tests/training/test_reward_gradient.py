@@ -98,12 +98,12 @@ def draft_run(init_pipeline, image_data, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("draft")
     overrides = {"model.pipeline": str(init_pipeline), "data.image_dir": str(image_data)}
     config = with_overrides(get_config("tiny_t2i_draft"), overrides)
-    return config, train(config, workdir)
+    return config, train(config, workdir), workdir
 
 
 @pytest.mark.slow
 def test_a_few_reward_gradient_steps_raise_the_reward(draft_run, init_pipeline):
-    config, state = draft_run
+    config, state, _ = draft_run
     mesh = make_mesh("data:-1")
     stage = run_stage_class(config).from_config(config, init_pipeline, mesh)
     batch = stage.prepare(next(stage.make_data_iterator(config)))
@@ -116,7 +116,7 @@ def test_a_few_reward_gradient_steps_raise_the_reward(draft_run, init_pipeline):
 
 @pytest.mark.slow
 def test_only_the_lora_factors_change(draft_run, init_pipeline):
-    config, state = draft_run
+    config, state, _ = draft_run
     mesh = make_mesh("data:-1")
     stage = run_stage_class(config).from_config(config, init_pipeline, mesh)
     start, end = flat(initial_params(stage, mesh)), flat(state.params)
@@ -127,6 +127,26 @@ def test_only_the_lora_factors_change(draft_run, init_pipeline):
         np.testing.assert_array_equal(end[name], start[name], err_msg=name)
     changed = [n for n in factors if n.endswith(UP) and np.abs(end[n] - start[n]).max() > 0]
     assert len(changed) == len(factors) // 2  # every up factor left its 0
+
+
+@pytest.mark.slow
+def test_the_tuned_lora_exports_for_the_pipelines(draft_run, init_pipeline, tmp_path):
+    """`export --lora-only` of a reward-gradient run writes the tuned stage's (t2i) LoRA as a
+    diffusers file; a pipeline loads it and holds the run's fused UNet."""
+    from mv2_jax import load_pipeline
+    from mv2_jax.lora.leaves import fuse_lora_leaves
+    from mv2_jax.training.lora import lora_settings
+    from mv2_jax.training.lora_export import export_lora
+
+    config, state, workdir = draft_run
+    out = export_lora(workdir, tmp_path / "lora", ema=False)
+    pipe = load_pipeline(init_pipeline)
+    pipe.load_lora_weights(out)
+    expected = flat(fuse_lora_leaves(state.params, lora_settings(config).multiplier))
+    loaded = flat(pipe.unet_params)
+    assert loaded.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_allclose(loaded[name], value, rtol=0, atol=2e-7, err_msg=name)
 
 
 @pytest.mark.slow
