@@ -79,7 +79,10 @@ def _step_function(scheduler, tables, model_fn, key, progress=None, progress_arg
         sample, state = carry
         model_input = scheduler.scale_model_input(tables, sample, i)
         output = model_fn(model_input, tables["timesteps"][i])
-        noise = step_noise(key, i, sample.shape, sample.dtype)
+        # fp32 whatever the latents' dtype: bf16 draws are other numbers, and a bf16 run
+        # would follow another trajectory than the fp32 one of the same seed (the steps
+        # take their noise in fp32 anyway)
+        noise = step_noise(key, i, sample.shape)
         sample, state = scheduler.step(tables, state, i, sample, output.astype(sample.dtype), noise)
         if progress is not None:
             jax.debug.callback(progress, i, *progress_args)

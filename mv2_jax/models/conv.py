@@ -114,7 +114,15 @@ def _output_transform(r):  # Aᵀ along one axis
 
 
 def winograd_3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """3×3, stride 1, padding 1 convolution of `x [N,H,W,C]` with `kernel [3,3,C,O]`."""
+    """3×3, stride 1, padding 1 convolution of `x [N,H,W,C]` with `kernel [3,3,C,O]`.
+
+    Computed in fp32 whatever the inputs' dtype, the result cast back: the transforms add and
+    subtract tile entries whose sums cancel, and rounding each to bf16 gave 4.4× the error of
+    XLA's direct bf16 convolution (bf16 inputs, 128 channels, 32²: 7.2e-3 from the exact result
+    against 1.7e-3, the output's own rounding, which is what the fp32 transforms leave)."""
+    dtype = x.dtype
+    compute = jnp.promote_types(dtype, jnp.float32)
+    x, kernel = x.astype(compute), kernel.astype(compute)
     n, h, w, c = x.shape
     tiles_h, tiles_w = -(-h // 2), -(-w // 2)
     band = max(1, min(tiles_h, -(-_WINOGRAD_BAND_TILES // (n * tiles_w))))
@@ -141,4 +149,4 @@ def winograd_3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
     bands = jax.lax.map(one_band, jnp.arange(n_bands) * 2 * band)
     out = jnp.moveaxis(bands, 0, 1).reshape(n, rows, 2 * tiles_w, -1)
-    return out[:, :h, :w]
+    return out[:, :h, :w].astype(dtype)
