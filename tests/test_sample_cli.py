@@ -301,6 +301,7 @@ def test_t2i_passes_settings_and_writes_pngs_with_sidecars(
         *("--num-images", "2", "--steps", "7", "--scheduler", "Euler_A", "--seed", "5"),
         *("--height", "16", "--width", "24", "--dtype", "bf16", "--mesh", "fsdp:-1"),
         "--step-progress",
+        *("--guidance-batching", "sequential"),
     ]
     assert sample.main(argv) == 0
 
@@ -319,6 +320,7 @@ def test_t2i_passes_settings_and_writes_pngs_with_sidecars(
         seed=5,
         num_images_per_prompt=2,
         progress=True,
+        guidance_batching="sequential",
     )
 
     pngs = sorted(out.glob("*.png"))

@@ -275,7 +275,10 @@ class _Models:
 
             flags = self.flags.cascade
             common = dict(
-                settings=self.stage_settings, negative_prompt=flags.negative_prompt, mesh=self.mesh
+                settings=self.stage_settings,
+                negative_prompt=flags.negative_prompt,
+                mesh=self.mesh,
+                guidance_batching=flags.device.guidance_batching,
             )
             if self.flags.stages == "t2i":
                 import mv2_jax

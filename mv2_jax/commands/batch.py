@@ -311,6 +311,7 @@ def make_video(cascade, stages: StageRunFlags, prompt: str, mesh):
         vfi_batch_size=stages.vfi_batch_size,
         mesh=mesh,
         progress=stages.device.step_progress,
+        guidance_batching=stages.device.guidance_batching,
     )
     return out.frames, plan
 

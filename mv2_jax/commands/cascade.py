@@ -133,6 +133,7 @@ def run(flags: CascadeFlags, session: Session) -> int:
         vfi_batch_size=stages.vfi_batch_size,
         mesh=mesh,
         progress=stages.device.step_progress,
+        guidance_batching=stages.device.guidance_batching,
     )
     if jax.process_index() == 0:
         write_outputs(out, plan, settings, flags, session, mesh)

@@ -21,7 +21,7 @@ from mv2_jax.commands.finite import finite_float
 from mv2_jax.commands.lora_flags import LoraFlag, add_lora_flag, lora_problems
 from mv2_jax.diffusion.scheduler_names import SCHEDULER_NAMES as SCHEDULERS  # no jax yet
 from mv2_jax.dtypes import DTYPE_CHOICES
-from mv2_jax.pipelines.defaults import size_problems
+from mv2_jax.pipelines.defaults import GUIDANCE_BATCHING, size_problems
 
 SINGLE_FILES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 LATENT_MULTIPLE = 8  # the VAE factor of every model these commands load; the plan checks the rest
@@ -102,11 +102,12 @@ class SamplingFlags:
 
 @dataclass(frozen=True)
 class DeviceFlags:
-    """Precision, mesh and step bars."""
+    """Precision, mesh, step bars and how the guided halves run."""
 
     dtype: str
     mesh: str | None
     step_progress: bool
+    guidance_batching: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -169,9 +170,20 @@ def add_dtype_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
-    """--dtype, --step-progress, --mesh, and the runtime flags."""
+    """--dtype, --step-progress, --mesh, --guidance-batching, and the runtime flags."""
     add_dtype_flag(parser)
     flag = parser.add_argument
+    flag(
+        "--guidance-batching",
+        type=str.lower,
+        choices=GUIDANCE_BATCHING,
+        default="auto",
+        help="how each guided denoising step runs its unconditional and conditional halves: "
+        "batched (one UNet call of twice the batch, fastest), sequential (two calls one after "
+        "the other: about half the activation memory, the same numbers, slower), or auto "
+        "(sequential for a stage whose batched program, compiled, needs more than the "
+        "device's memory; batched on CPU) (default: auto)",
+    )
     flag(
         "--step-progress",
         action="store_true",
@@ -359,6 +371,7 @@ def sampling_kwargs(flags: SamplingFlags, device: DeviceFlags, mesh) -> dict:
         seed=flags.seed,
         mesh=mesh,
         progress=device.step_progress,
+        guidance_batching=device.guidance_batching,
     )
 
 

@@ -69,6 +69,7 @@ class CascadeSampler:
     factor: int = 3
     vfi_batch_size: int = 8
     mesh: Any = None
+    guidance_batching: str = "auto"
 
     def __call__(self, combination: Combination, seed_index: int) -> Sample:
         settings = {s: replace(v, seed=v.seed + seed_index) for s, v in self.settings.items()}
@@ -79,6 +80,7 @@ class CascadeSampler:
                 combination.prompt,
                 negative_prompt=self.negative_prompt,
                 progress=False,
+                guidance_batching=self.guidance_batching,
                 **t2i.kwargs(*size, self.mesh),
             )[0]
             return Sample(np.asarray(image))
@@ -91,6 +93,7 @@ class CascadeSampler:
             vfi_batch_size=self.vfi_batch_size,
             mesh=self.mesh,
             progress=False,
+            guidance_batching=self.guidance_batching,
         )
         return Sample(out.key_image, out.keyframes, out.frames)
 

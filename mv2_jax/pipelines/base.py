@@ -11,9 +11,11 @@ T2I is the single-frame case: its latents have no frame axis, everything else is
 subclass adds its request fields, a host-side `condition` hook and the traced hooks
 (`conditions`, `predict_noise`, `apply_unet`). Whether a call runs the negative branch is
 decided once, in `prepare` (`guidance_embedded`: a guidance-distilled UNet takes its guidance
-as `timestep_cond` instead), and every UNet call goes through `apply_unet`. Nothing of a call is
-stored on the object: the compiled programs, placed params and progress bars are caches keyed
-by what they depend on, behind a lock, so one pipeline serves several threads at once.
+as `timestep_cond` instead), and so is how its two halves run (`guidance_batching.py`: one
+batch, or one after the other where memory is short); every UNet call goes through
+`apply_unet`. Nothing of a call is stored on the object: the compiled programs, placed params
+and progress bars are caches keyed by what they depend on, behind a lock, so one pipeline
+serves several threads at once.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from mv2_jax.diffusion.guidance import classifier_free_guidance, guidance_scale_embedding
+from mv2_jax.diffusion.guidance import guidance_scale_embedding
 from mv2_jax.diffusion.sampler import denoise, sampler_key, steps_bucket
 from mv2_jax.diffusion.schedulers import make_scheduler
 from mv2_jax.parallel.sharding import batch_sharding, module_shardings_for, shard_params
+from mv2_jax.pipelines import guidance_batching
 from mv2_jax.pipelines.defaults import DEFAULT_GUIDANCE_SCALE, check_size, check_steps_left
 from mv2_jax.pipelines.lora import LoraMixin, LoraState
 from mv2_jax.pipelines.program_store import ProgramStore, default_program_store
@@ -59,6 +62,8 @@ class ProgramCache:
         self.programs: dict[tuple[Program, bool], Callable] = {}
         self.placements: dict[Any, dict] = {}
         self.progress = StepProgress()
+        # what an "auto" guidance-batching Program resolved to, per mesh
+        self.resolved: dict[tuple[Program, Any], Program] = {}
 
 
 @dataclass
@@ -169,12 +174,8 @@ class LatentDiffusionPipeline(LoraMixin):
         same checks and host-side preparation), so that such a call compiles nothing. Inputs
         such as a key image or low-res frames only need their shape: zeros do. Thread-safe."""
         request = self.request(*args, **kwargs)
-        generate, (params, inputs, scalars) = self._program_and_args(
-            self.prepare(request), request.mesh
-        )
-        with _on_mesh(request.mesh):
-            call = _replicated(request.mesh, np.int32(0))
-            generate.lower(params, inputs, dict(scalars, call=call)).compile()
+        generate, arrays = self._program_and_args(self.prepare(request), request.mesh)
+        _compiled(generate, request.mesh, *arrays)
 
     def unet_calls(self, *args, **kwargs) -> int:
         """The UNet evaluations that `self(*args, **kwargs)` would make (steps run after
@@ -208,7 +209,26 @@ class LatentDiffusionPipeline(LoraMixin):
         scalars = _replicated(mesh, prepared.scalars)
         # On one device, a stored program may stand in for tracing (the call id included).
         args = None if mesh is not None else (params, inputs, dict(scalars, call=np.int32(0)))
-        return self.program(prepared.program, args), (params, inputs, scalars)
+        program = self._resolved(prepared.program, mesh, args, (params, inputs, scalars))
+        return self.program(program, args), (params, inputs, scalars)
+
+    def _resolved(self, program: Program, mesh, args, arrays: tuple) -> Program:
+        """`program` with guidance batching "auto" made "batched" or "sequential", once per
+        program and mesh (`guidance_batching.choose`: the batched program's compiled memory
+        figures against the device's memory; that compile is the one a batched call runs)."""
+        if program.guidance_batching != "auto":
+            return program
+        key = (program, mesh)
+        if key not in self._cache.resolved:  # threads deciding at once decide alike
+            batched = dataclasses.replace(program, guidance_batching="batched")
+            devices = jax.devices()[:1] if mesh is None else list(mesh.devices.flat)
+            mode = guidance_batching.choose(
+                lambda: _compiled(self.program(batched, args), mesh, *arrays),
+                devices,
+                type(self).__name__,
+            )
+            self._cache.resolved[key] = dataclasses.replace(program, guidance_batching=mode)
+        return self._cache.resolved[key]
 
     def components(self) -> dict[str, tuple[Any, Any]]:
         """`{name: (module, params)}` of the models the program runs; a subclass with more
@@ -278,6 +298,8 @@ class LatentDiffusionPipeline(LoraMixin):
             Program(
                 scheduler=sched,
                 use_cfg=use_cfg,
+                # without guidance there are no halves: every setting is the same program
+                guidance_batching=request.guidance_batching if use_cfg else "batched",
                 shape=shape,
                 decode_chunk_size=request.decode_chunk_size,
                 vae_tile_size=request.vae_tile_size,
@@ -348,9 +370,12 @@ class LatentDiffusionPipeline(LoraMixin):
             )
         else:
             latents = inputs["noise"] * tables["init_noise_sigma"]
-        model_fn = self.guided(
-            functools.partial(self.predict_noise, program, params, inputs),
+        model_fn = guidance_batching.guided_model(
+            functools.partial(self.predict_noise, program, params),
+            inputs,
+            program.shape[0],
             program.use_cfg,
+            program.guidance_batching == "sequential",
             scalars["guidance"],
             scalars["rescale"],
         )
@@ -375,9 +400,11 @@ class LatentDiffusionPipeline(LoraMixin):
         return {}
 
     def predict_noise(self, program: Program, params, inputs: dict, x, t) -> jax.Array:
-        """Hook: the UNet's output for `x [N,(F,)h,w,C]` at timesteps `t [N]`; with guidance
-        `N = 2B` and every batched entry of `inputs` (but the noise) is ordered
-        `[unconditional; conditional]` to match."""
+        """Hook: the UNet's output for `x [N,(F,)h,w,C]` at timesteps `t [N]`. With guidance
+        batched, `N = 2B` and every entry of `inputs` with a leading axis of 2B is ordered
+        `[unconditional; conditional]` to match (entries of B rows, e.g. the noise, are per
+        video); run sequentially, `N = B` and those entries hold one half
+        (`guidance_batching.split_halves`)."""
         return self.apply_unet(program, {"params": params["unet"]}, inputs, x, t)
 
     def apply_unet(self, program: Program, variables: dict, inputs: dict, x, t, **kwargs):
@@ -395,21 +422,6 @@ class LatentDiffusionPipeline(LoraMixin):
             timestep_cond=inputs.get("timestep_cond"),
             **kwargs,
         )
-
-    @staticmethod
-    def guided(predict: Callable, use_cfg: bool, guidance, rescale=0.0) -> Callable:
-        """`model_fn(x, t)` for `denoise`: with guidance, `predict` sees `[x; x]` (unconditional
-        half first) and the two halves are combined by classifier-free guidance."""
-
-        def model_fn(x, t):
-            x = jnp.concatenate([x, x]) if use_cfg else x
-            out = predict(x, jnp.broadcast_to(t, (x.shape[0],)))
-            if not use_cfg:
-                return out
-            uncond, cond = jnp.split(out, 2)
-            return classifier_free_guidance(uncond, cond, guidance, rescale)
-
-        return model_fn
 
     def encode_images(self, vae_params, images, chunk: int = 16, tile: int | None = None):
         """Images `[N,H,W,3]` or videos `[N,F,H,W,3]` in [0,1] → diffusion latents (posterior
@@ -461,6 +473,13 @@ def _replicated(mesh, tree):
     if mesh is None:
         return tree
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def _compiled(generate: Callable, mesh, params, inputs, scalars):
+    """`generate` lowered and compiled for these arguments (a placeholder call id), not run."""
+    with _on_mesh(mesh):
+        call = _replicated(mesh, np.int32(0))
+        return generate.lower(params, inputs, dict(scalars, call=call)).compile()
 
 
 def _on_mesh(mesh):

@@ -103,6 +103,7 @@ class RunSettings:
     vfi_batch_size: int
     mesh: Any
     progress: bool
+    guidance_batching: str = "auto"
 
     def programs(self) -> RunSettings:
         """These settings but the seeds (traced: a new seed runs the same programs)."""
@@ -186,15 +187,19 @@ class TextToVideoCascade:
         mesh=None,
         progress: bool = False,
         compile_workers: int = 2,
+        guidance_batching: str = "auto",
     ) -> CascadeOutput:
         """Run the cascade for one prompt (see the module docstring). The first call with these
         settings (any prompt or seeds) compiles every stage before the first runs,
         `compile_workers` stages at a time in threads (`compile_ahead`); 0 compiles each stage
-        as it starts."""
+        as it starts. `guidance_batching` ("auto", "batched", "sequential"): how every guided
+        stage runs its two halves (`SamplingRequest`); "auto" decides per stage."""
         plan = self.plan(
             key_image=key_image, t2i=t2i, i2v=i2v, v2v=v2v, num_frames=num_frames, factor=factor
         )
-        run = RunSettings(plan, t2i, i2v, v2v, negative_prompt, vfi_batch_size, mesh, progress)
+        run = RunSettings(
+            plan, t2i, i2v, v2v, negative_prompt, vfi_batch_size, mesh, progress, guidance_batching
+        )
         if compile_workers and run.programs() not in self._compiled:
             self.compile_ahead(run, prompt, key_image, compile_workers)
         calls = self._counted(run, prompt, key_image)
@@ -265,7 +270,11 @@ class TextToVideoCascade:
         """`(pipeline, args, kwargs)` that run `stage` on its `inputs`: none for T2I, the key
         image for I2V, the keyframes and the key image for V2V, the frames for VFI."""
         plan, mesh = run.plan, run.mesh
-        common = dict(negative_prompt=run.negative_prompt, progress=run.progress)
+        common = dict(
+            negative_prompt=run.negative_prompt,
+            progress=run.progress,
+            guidance_batching=run.guidance_batching,
+        )
         if stage == "t2i":
             return self.text_to_image, (prompt,), {**common, **run.t2i.kwargs(*plan.key_size, mesh)}
         if stage == "i2v":

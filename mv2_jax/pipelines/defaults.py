@@ -31,6 +31,9 @@ STAGE_DEFAULTS = {
 # frames the ControlNet sees the key image on.
 NOISE_PRIORS = ("none", "mean_shift", "frequency")
 CONTROLNET_FRAMES = ("first", "all")
+# How a guided step runs its unconditional and conditional halves (`guidance_batching`): one UNet
+# batch of 2B, two of B one after the other, or chosen from the compiled memory figures.
+GUIDANCE_BATCHING = ("auto", "batched", "sequential")
 # SDEdit's strength when a V2V call runs a UNet without low-res channels and gives none.
 DEFAULT_SDEDIT_STRENGTH = 0.5
 # The guidance a pipeline folder gets unless it says otherwise (diffusers' defaults; 8.5 is

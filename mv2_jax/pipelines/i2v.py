@@ -136,6 +136,7 @@ class ImageToVideoPipeline(TextToVideoPipeline):
         decode_chunk_size: int = 16,
         vae_tile_size: int | None = None,
         progress: bool = False,
+        guidance_batching: str = "auto",
         reference_scale: float | None = 1.0,
         controlnet_scale: float | None = 1.0,
         ip_adapter_scale: float | None = 1.0,

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from mv2_jax.pipelines.defaults import GUIDANCE_BATCHING
+
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class SamplingRequest:
@@ -28,7 +30,11 @@ class SamplingRequest:
     never runs the negative branch: `guidance_embedded`). `latents`: channels-last unit
     Gaussian noise (scaled by the scheduler's initial sigma inside). `height`/`width`/
     `num_frames` None: the pipeline's defaults. `vae_tile_size`: VAE tiles of that many pixels,
-    None for whole frames."""
+    None for whole frames. `guidance_batching`: how the guided halves run, "batched" (one UNet
+    call of 2B a step), "sequential" (two calls of B, about half the activation memory, the same
+    numbers) or "auto" (sequential when the batched program's compiled memory exceeds the
+    device's; batched where the device states no limit, as on CPU); see
+    `mv2_jax/pipelines/guidance_batching.py`."""
 
     prompt: str | Sequence[str]
     negative_prompt: str | Sequence[str] | None = None
@@ -46,6 +52,7 @@ class SamplingRequest:
     decode_chunk_size: int = 16
     vae_tile_size: int | None = None
     progress: bool = False
+    guidance_batching: str = "auto"
 
     def __post_init__(self):
         prompts = (self.prompt,) if isinstance(self.prompt, str) else tuple(self.prompt)
@@ -69,6 +76,7 @@ class SamplingRequest:
         if self.guidance_scale is not None:
             _check_finite(self.guidance_scale, "guidance_scale")
         _check_finite(self.guidance_rescale, "guidance_rescale")
+        check_choice(self.guidance_batching, "guidance_batching", GUIDANCE_BATCHING)
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -83,6 +91,9 @@ class Program:
     scheduler: Any  # an immutable, hashable Scheduler
     use_cfg: bool
     shape: tuple[int, ...]  # the latents: [B, h, w, C] (images) or [B, F, h, w, C] (videos)
+    # under guidance: "batched" (one UNet call of 2B), "sequential" (two of B) or "auto" (the
+    # pipeline resolves it to one of those before compiling; `pipelines/guidance_batching.py`)
+    guidance_batching: str = "batched"
     decode_chunk_size: int = 16
     vae_tile_size: int | None = None
     progress: bool = False

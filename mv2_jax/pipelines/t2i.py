@@ -73,6 +73,7 @@ class TextToImagePipeline(LatentDiffusionPipeline):
         decode_chunk_size: int = 16,
         vae_tile_size: int | None = None,
         progress: bool = False,
+        guidance_batching: str = "auto",
     ) -> ImageRequest:
         """Images `[B,H,W,3]` in [0,1]. Given `image [B,H,W,3]` in [0,1] this is img2img /
         SDEdit: its latents (the VAE posterior mean) are noised to step `(1 − strength)·steps`

@@ -47,6 +47,7 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
         decode_chunk_size: int = 16,
         vae_tile_size: int | None = None,
         progress: bool = False,
+        guidance_batching: str = "auto",
     ) -> SamplingRequest:
         """Videos `[B·num_videos_per_prompt, F, H, W, 3]` in [0,1]. `latents`, if given, are
         channels-last unit Gaussian noise `[B, F, h, w, C]` (scaled here by the scheduler's

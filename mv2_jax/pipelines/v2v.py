@@ -86,6 +86,7 @@ class VideoToVideoPipeline(ImageToVideoPipeline):
         decode_chunk_size: int = 8,
         vae_tile_size: int | None = None,
         progress: bool = False,
+        guidance_batching: str = "auto",
         image=None,
         noise_level: int = 20,
         strength: float | None = None,
