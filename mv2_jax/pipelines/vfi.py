@@ -123,7 +123,7 @@ def _as_unit_float(video) -> np.ndarray:
         )
     if video.dtype == np.uint8:
         return video.astype(np.float32) / 255.0
-    if not np.issubdtype(video.dtype, np.floating):
+    if not jnp.issubdtype(video.dtype, jnp.floating):  # bfloat16 too (a bf16 cascade)
         raise ValueError(f"video must be uint8 or float in [0, 1]; got dtype {video.dtype}")
     low, high = float(video.min()), float(video.max())
     if low < 0 or high > 1:

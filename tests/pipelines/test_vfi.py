@@ -97,6 +97,16 @@ def test_factor_one_and_batched_videos(tiny, reference):
     np.testing.assert_allclose(out[:, 1::2], expected, atol=1e-5)
 
 
+def test_a_bfloat16_video_reads_as_its_float32_values(tiny):
+    """A bf16 cascade hands the interpolator bf16 frames in [0, 1] (ml_dtypes' bfloat16 is
+    not a numpy floating type): read as the same values in float32."""
+    _, _, pipe = tiny
+    frames = jnp.asarray(_video(frames=3, seed=3).astype(np.float32) / 255, jnp.bfloat16)
+    video = np.asarray(frames)
+    out = pipe(video, factor=2)
+    np.testing.assert_array_equal(out, pipe(video.astype(np.float32), factor=2))
+
+
 def test_loads_from_a_folder_and_through_load_pipeline(tiny, tmp_path):
     from mv2_jax import load_pipeline
     from mv2_jax.weights.vfi import write_vfi_folder
