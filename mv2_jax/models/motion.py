@@ -74,8 +74,12 @@ class TemporalTransformerBlock(nn.Module):
                 name=f"attn{i}",
                 **kw,
             )(h)
-        h = layer_norm(self.norm_eps, name="norm3", **kw)(x)
-        return x + FeedForward(self.dim, activation_fn="geglu", name="ff", **kw)(h)
+        # tokens stay split by pixel through the feed-forward (issue 23: the partitioner
+        # otherwise swapped frames and pixels in it)
+        h = constrain(layer_norm(self.norm_eps, name="norm3", **kw)(x), ("video_rows",))
+        return constrain(
+            x + FeedForward(self.dim, activation_fn="geglu", name="ff", **kw)(h), ("video_rows",)
+        )
 
 
 class AnimateDiffTransformer3D(nn.Module):
@@ -98,6 +102,10 @@ class AnimateDiffTransformer3D(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        # Frames split as the spatial layers have them, up to the swap below: without it the
+        # pixel split of the swap propagated back into the spatial layers, which then swapped
+        # layouts in their own feed-forwards and norms (benchmarks/plan.py, issue 23).
+        x = constrain(x, ("video_rows",))
         n, height, width, channels = x.shape
         frames = self.num_frames
         batch = n // frames

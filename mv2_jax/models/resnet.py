@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mv2_jax.models.layers import activation, conv, dense, group_norm
+from mv2_jax.parallel.sharding import constrain
 
 
 class ResnetBlock2D(nn.Module):
@@ -120,7 +121,9 @@ class Upsample2D(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, output_size: tuple[int, int] | None = None) -> jax.Array:
         size = output_size or (2 * x.shape[1], 2 * x.shape[2])
-        x = nearest_resize(x, tuple(size))
-        return conv(
-            self.out_channels, 3, name="conv", dtype=self.dtype, param_dtype=self.param_dtype
-        )(x)
+        # The rows (images, or a video's frames) stay split over the mesh through the resize and
+        # the conv: left to itself, the partitioner gathered the whole batch onto every device
+        # to keep the conv's weight split instead (benchmarks/plan.py, issue 23).
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = constrain(nearest_resize(x, tuple(size)), ("video_rows",))
+        return constrain(conv(self.out_channels, 3, name="conv", **kw)(x), ("video_rows",))

@@ -23,6 +23,7 @@ from mv2_jax.models.embeddings import (
 from mv2_jax.models.ip_adapter import image_prompt_context
 from mv2_jax.models.layers import activation, conv, dense, embed, group_norm
 from mv2_jax.models.unet_blocks import DownBlock, MidBlockCrossAttn, UNetMidBlock2D, UpBlock
+from mv2_jax.parallel.sharding import constrain
 
 _DOWN_TYPES = {"DownBlock2D": False, "CrossAttnDownBlock2D": True}
 _UP_TYPES = {"UpBlock2D": False, "CrossAttnUpBlock2D": True}
@@ -414,7 +415,11 @@ class UNet2DConditionModel(nn.Module):
         only_cross, reverse_tlayers = blocks.only_cross, blocks.reverse_tlayers
         stage = self._stage_fields(emb.shape[-1])
 
-        x, skips = self._down(self._conv_in(sample), emb, context, num_frames)
+        # Rows (images, or a video's frames) split over the mesh from the start: conv_in's input
+        # has 4 channels, so the partitioner otherwise followed its weight's channel split into
+        # the first block (activations all-reduced there; benchmarks/plan.py, issue 23).
+        x = constrain(self._conv_in(sample), ("video_rows",))
+        x, skips = self._down(x, emb, context, num_frames)
 
         if down_block_additional_residuals is not None:
             if len(down_block_additional_residuals) != len(skips):
