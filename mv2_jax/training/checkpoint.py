@@ -46,8 +46,16 @@ def array_type_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
 
 
 def make_manager(workdir, keep: int = 3, save_every: int = 1) -> ocp.CheckpointManager:
+    # The step's item folders are made before any item is written: orbax otherwise makes them
+    # in the background while grain's (synchronous) handler already writes its per-process
+    # file, and on a loaded machine process 1 wrote before process 0 had made the folder
+    # (ENOENT), then both aborted at jax's shutdown barrier (issue 18 item 8).
+    folders_first = ocp.AsyncOptions(create_directories_asynchronously=False)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=True
+        max_to_keep=keep,
+        save_interval_steps=save_every,
+        enable_async_checkpointing=True,
+        async_options=folders_first,
     )
     return ocp.CheckpointManager(
         checkpoint_dir(workdir), options=options, item_handlers=_item_handlers()

@@ -128,15 +128,7 @@ def one_process_run(env, tmp_path_factory, init_pipeline, image_data) -> Path:
     return one
 
 
-# "random init" (no config.model.pipeline: process 0 writes init_pipeline, process 1 waits)
-# trains to the same params, but on 2 CPUs loaded by other tests the processes sometimes abort
-# in jax.distributed (coordination-service PollForError): it passed 3 of 3 runs at load 11 with
-# train.py's explicit shutdown, then aborted once in CI (issue 18 note), so CI does not run it
-# yet; MV2_TEST_RANDOM_INIT=1 runs it.
-STARTS = ["pipeline", "random init"] if os.environ.get("MV2_TEST_RANDOM_INIT") else ["pipeline"]
-
-
-@pytest.mark.parametrize("start", STARTS)
+@pytest.mark.parametrize("start", ["pipeline", "random init"])
 def test_two_processes_equal_one(env, tmp_path, init_pipeline, image_data, one_process_run, start):
     """`random init`: no config.model.pipeline, so process 0 writes WORKDIR/init_pipeline (the
     config's init at seed 0: the fixture's params) while process 1 waits for it; no collective
