@@ -21,7 +21,7 @@ scores as TPU splash and cuDNN flash do; "chunked", what "auto" picks on CPU, ke
 layer's scores for the backward pass).
 
     python benchmarks/plan.py --quick                       # tiny models, 4 devices (a test)
-    nice -n 10 python benchmarks/plan.py                    # the default table (≈ an hour)
+    nice -n 10 python benchmarks/plan.py --cache runs/plan/cache.jsonl   # the default table
     python benchmarks/plan.py --models sd15 --programs train --search bisect
 """
 
@@ -61,11 +61,25 @@ def mesh_devices(spec: str, devices: int | None) -> int:
 # ---- driver
 
 
-def run(spec: dict, label: str) -> dict:
-    """One compile in its own process (`run_spec_worker`: its memory its own)."""
+def run(spec: dict, label: str, cache: Path | None = None) -> dict:
+    """One compile in its own process (`run_spec_worker`: its memory its own); with `cache`, a
+    JSON-lines file of `{"spec", "result"}`, a spec compiled before is read from it and each new
+    result is appended as soon as it is known (an interrupted table resumes where it stopped)."""
     from common import run_spec_worker
 
-    return run_spec_worker(__file__, spec, label)
+    key = json.dumps(spec, sort_keys=True)
+    if cache is not None and cache.is_file():
+        for line in cache.read_text().splitlines():
+            entry = json.loads(line)
+            if json.dumps(entry["spec"], sort_keys=True) == key:
+                print(f"  {label}: from {cache}", file=sys.stderr, flush=True)
+                return entry["result"]
+    result = run_spec_worker(__file__, spec, label)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with cache.open("a") as file:
+            file.write(json.dumps({"spec": spec, "result": result}) + "\n")
+    return result
 
 
 def plan_one(model: str, program: str, mesh: str, args) -> dict:
@@ -78,13 +92,14 @@ def plan_one(model: str, program: str, mesh: str, args) -> dict:
                 full_compile=args.full_compile)  # fmt: skip
     label = f"{model} {program} {mesh}"
     units = args.batch or 1
-    row = run(dict(base, batch=units * unit), f"{label} batch {units * unit}")
+    row = run(dict(base, batch=units * unit), f"{label} batch {units * unit}", args.cache)
     row.update(model=model, program=program, mesh=mesh, batch=units * unit, unit=unit)
     if row.get("killed") or args.search == "none":
         return row
 
     def total(n: int) -> float:  # memory per device at n batch units (inf: killed)
-        got = run(dict(base, batch=n * unit, memory_only=True), f"{label} batch {n * unit}")
+        spec = dict(base, batch=n * unit, memory_only=True)
+        got = run(spec, f"{label} batch {n * unit}", args.cache)
         return math.inf if got.get("killed") else got["total"]
 
     capacities = {chip: gib * GiB * args.headroom for chip, gib in CHIPS.items()}
@@ -305,6 +320,11 @@ def main(argv=None) -> None:
         "--full-compile", action="store_true",
         help="finish each compile (code generation too) and check the numbers read from XLA's "
         "dumps against the executable's memory_analysis() and cost_analysis()",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cache", type=Path,
+        help="JSON-lines file of compiled results: read before compiling, appended after each "
+        "compile (e.g. runs/plan/cache.jsonl: a rerun resumes an interrupted table)",
     )  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
