@@ -157,3 +157,24 @@ def test_plan_quick_fsdp_train_step(tmp_path):
     assert moved >= minimum["gather"] + minimum["grads"]
     assert moved < 3 * (minimum["gather"] + minimum["grads"])
     assert any(x.startswith("| tiny | train | fsdp:4 | 4 |") for x in done.stdout.splitlines())
+
+
+def test_cache_reads_back_what_a_compile_wrote(tmp_path, monkeypatch):
+    import common
+    from plan import run
+
+    compiled = []
+
+    def worker(script, spec, label):
+        compiled.append(spec)
+        return {"total": 100 * spec["batch"]}
+
+    monkeypatch.setattr(common, "run_spec_worker", worker)
+    cache = tmp_path / "plan" / "cache.jsonl"
+    first = run({"model": "tiny", "batch": 2}, "tiny batch 2", cache)
+    again = run({"batch": 2, "model": "tiny"}, "tiny batch 2", cache)  # key order is no matter
+    other = run({"model": "tiny", "batch": 4}, "tiny batch 4", cache)
+    assert first == again == {"total": 200} and other == {"total": 400}
+    assert len(compiled) == 2 and len(cache.read_text().splitlines()) == 2
+    assert run({"model": "tiny", "batch": 2}, "tiny batch 2") == {"total": 200}  # no cache
+    assert len(compiled) == 3
