@@ -7,6 +7,9 @@ Dense `[in, out]` → down `[in, r]`, up `[r, out]`; convolution `[kh, kw, in, o
 
 `fuse_lora_leaves` gives the tree the model reads (every adapted kernel replaced by W_eff, the
 factors gone), so any model trains a LoRA unchanged and gradients reach only the factors.
+`side_path_leaves` gives the tree a training loss reads: Dense kernels keep W and their factors
+(the layer adds `x down up` itself, `mv2_jax.models.layers.Dense`, so that only the factors'
+gradients are summed over the mesh), convolution kernels fused.
 `up` starts at zero (step 0 is the base model), `down` uniform in ±1/√fan_in (peft's
 kaiming-uniform with a = √5).
 """
@@ -23,7 +26,10 @@ import jax.numpy as jnp
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
-DOWN, UP = "lora_down", "lora_up"
+from mv2_jax.models.layers import LORA_DOWN as DOWN
+from mv2_jax.models.layers import LORA_SCALE as SCALE
+from mv2_jax.models.layers import LORA_UP as UP
+
 Path = tuple[str, ...]
 
 
@@ -117,6 +123,27 @@ def fuse_lora_leaves(params: Mapping, multiplier: float, cast: bool = False) -> 
         w = out[(*module, "kernel")]
         fused = w.astype(jnp.float32) + lora_delta(down, flat[(*module, UP)], multiplier)
         out[(*module, "kernel")] = fused.astype(w.dtype) if cast else fused
+    return traverse_util.unflatten_dict(out)
+
+
+def side_path_leaves(params: Mapping, multiplier: float) -> dict:
+    """`params` as a LoRA training loss hands them to the model: each adapted Dense kernel
+    (2-D) kept as stored, beside its factors and `multiplier` (the layer adds
+    `multiplier · (x down) up`: the same output as fusing, but each device contracts its rows
+    with the factors before gradients are summed, so the full kernel's gradient never crosses
+    devices); each adapted convolution kernel fused in fp32 as `fuse_lora_leaves` does."""
+    flat = traverse_util.flatten_dict(dict(params))
+    convolutions = {
+        p[:-1]: (v, flat[(*p[:-1], UP)])
+        for p, v in flat.items()
+        if p[-1] == DOWN and flat[(*p[:-1], "kernel")].ndim == 4
+    }
+    out = {p: v for p, v in flat.items() if p[:-1] not in convolutions or p[-1] not in (DOWN, UP)}
+    for module, (down, up) in convolutions.items():
+        w = out[(*module, "kernel")]
+        out[(*module, "kernel")] = w.astype(jnp.float32) + lora_delta(down, up, multiplier)
+    for path in [p for p in out if p[-1] == DOWN]:
+        out[(*path[:-1], SCALE)] = jnp.float32(multiplier)
     return traverse_util.unflatten_dict(out)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from mv2_jax.models.conv import Conv
@@ -25,6 +26,30 @@ def _named(init, axes: Sequence[str | None]):
     return nn.with_logical_partitioning(init, tuple(axes))
 
 
+# A LoRA beside a Dense kernel, as a training run hands it to the model unfused
+# (`mv2_jax.lora.leaves.side_path_leaves`): the factors and their multiplier.
+LORA_DOWN, LORA_UP, LORA_SCALE = "lora_down", "lora_up", "lora_scale"
+
+
+class Dense(nn.Dense):
+    """flax's Dense, plus a LoRA side path where its params hold one:
+    `y = x W + b + scale · (x down) up`. Training a LoRA this way, each device contracts its
+    own rows with the rank-r factors before anything is summed over the mesh: only the factors'
+    gradients cross devices, where a fused `W + scale · down up` sums the full kernel's
+    gradient first (benchmarks/plan.py, issue 23)."""
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        y = super().__call__(inputs)
+        if not self.has_variable("params", LORA_DOWN):
+            return y
+        down, up, scale = (self.get_variable("params", n) for n in (LORA_DOWN, LORA_UP, LORA_SCALE))
+        dtype = self.dtype or y.dtype
+        h = jnp.einsum("...i,ir->...r", inputs.astype(dtype), down.astype(dtype))
+        side = jnp.einsum("...r,ro->...o", h, up.astype(dtype))
+        return y + (scale * side).astype(y.dtype)
+
+
 def dense(
     features: int,
     axes: tuple[str | None, str | None] = ("embed", "embed"),
@@ -34,9 +59,9 @@ def dense(
     param_dtype: Dtype = jnp.float32,
     kernel_init=_KERNEL_INIT,
     name: str | None = None,
-) -> nn.Dense:
+) -> Dense:
     """A Dense layer whose kernel `[in, out]` carries the logical names `axes`."""
-    return nn.Dense(
+    return Dense(
         features,
         use_bias=use_bias,
         dtype=dtype,

@@ -2,8 +2,9 @@
 the configured one whose params are that stage's — frozen, stored in `lora.base_dtype` — plus
 fp32 LoRA factors beside each targeted kernel (`mv2_jax.lora.leaves`). Only the factors train,
 so only they get gradients, Adam moments and an EMA (the trainer's trainable subset); the loss
-is the wrapped stage's on the fused params `W + (alpha/rank) · down @ up`, so every model trains
-a LoRA unchanged. `python -m mv2_jax.training.export --lora-only` writes the factors as a
+is the wrapped stage's with `(alpha/rank) · (x down) up` added beside each adapted Dense layer
+(`mv2_jax.models.layers.Dense`) and `W + (alpha/rank) · down @ up` fused into each adapted
+convolution, so every model trains a LoRA unchanged. `python -m mv2_jax.training.export --lora-only` writes the factors as a
 diffusers LoRA file (`mv2_jax.training.lora_export`).
 """
 
@@ -26,6 +27,7 @@ from mv2_jax.lora.leaves import (
     lora_leaf_shapes,
     lora_leaf_shardings,
     lora_targets,
+    side_path_leaves,
 )
 from mv2_jax.training.optim import merge_params, split_params
 from mv2_jax.training.stage import dtype_of
@@ -160,5 +162,8 @@ class LoraStage:
         return split_params(params, lora_paths(self.targets))[1]
 
     def loss(self, params, consts, batch, keys) -> tuple[jax.Array, dict]:
-        """The inner stage's loss on the fused params (fp32 where adapted)."""
-        return self.inner.loss(self.adapted(params), consts, batch, keys)
+        """The inner stage's loss with the LoRA beside its Dense kernels (only the factors'
+        gradients cross devices) and fused into its convolutions (fp32 where fused)."""
+        return self.inner.loss(
+            side_path_leaves(params, self.settings.multiplier), consts, batch, keys
+        )
