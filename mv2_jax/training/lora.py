@@ -4,8 +4,8 @@ fp32 LoRA factors beside each targeted kernel (`mv2_jax.lora.leaves`). Only the 
 so only they get gradients, Adam moments and an EMA (the trainer's trainable subset); the loss
 is the wrapped stage's with `(alpha/rank) · (x down) up` added beside each adapted Dense layer
 (`mv2_jax.models.layers.Dense`) and `W + (alpha/rank) · down @ up` fused into each adapted
-convolution, so every model trains a LoRA unchanged. `python -m mv2_jax.training.export --lora-only` writes the factors as a
-diffusers LoRA file (`mv2_jax.training.lora_export`).
+convolution, so every model trains a LoRA unchanged. `python -m mv2_jax.training.export
+--lora-only` writes the factors as a diffusers LoRA file (`mv2_jax.training.lora_export`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import jax.numpy as jnp
 from mv2_jax.lora.leaves import (
     DOWN,
     UP,
-    fuse_lora_leaves,
     init_lora_leaves,
     lora_leaf_shapes,
     lora_leaf_shardings,
@@ -153,8 +152,10 @@ class LoraStage:
         return self.inner.prepare(batch)
 
     def adapted(self, params) -> dict:
-        """The inner stage's params with the LoRA fused in (fp32 where adapted)."""
-        return fuse_lora_leaves(params, self.settings.multiplier)
+        """The inner stage's params with the LoRA as its model reads it in training: beside
+        each adapted Dense layer (only the factors' gradients cross devices) and fused into
+        each adapted convolution (fp32); `fuse_lora_leaves` fuses all (what an export writes)."""
+        return side_path_leaves(params, self.settings.multiplier)
 
     def adapter_off(self, params) -> dict:
         """The inner stage's params without the LoRA: the frozen base, as it started (the
@@ -162,8 +163,5 @@ class LoraStage:
         return split_params(params, lora_paths(self.targets))[1]
 
     def loss(self, params, consts, batch, keys) -> tuple[jax.Array, dict]:
-        """The inner stage's loss with the LoRA beside its Dense kernels (only the factors'
-        gradients cross devices) and fused into its convolutions (fp32 where fused)."""
-        return self.inner.loss(
-            side_path_leaves(params, self.settings.multiplier), consts, batch, keys
-        )
+        """The inner stage's loss on the adapted params."""
+        return self.inner.loss(self.adapted(params), consts, batch, keys)
