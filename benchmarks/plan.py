@@ -61,10 +61,11 @@ def mesh_devices(spec: str, devices: int | None) -> int:
 # ---- driver
 
 
-def run(spec: dict, label: str, cache: Path | None = None) -> dict:
+def run(spec: dict, label: str, cache: Path | None = None, compile_missing: bool = True) -> dict:
     """One compile in its own process (`run_spec_worker`: its memory its own); with `cache`, a
     JSON-lines file of `{"spec", "result"}`, a spec compiled before is read from it and each new
-    result is appended as soon as it is known (an interrupted table resumes where it stopped)."""
+    result is appended as soon as it is known (an interrupted table resumes where it stopped);
+    a spec not there with `compile_missing` False gives `{"missing": True}`."""
     from common import run_spec_worker
 
     key = json.dumps(spec, sort_keys=True)
@@ -74,6 +75,8 @@ def run(spec: dict, label: str, cache: Path | None = None) -> dict:
             if json.dumps(entry["spec"], sort_keys=True) == key:
                 print(f"  {label}: from {cache}", file=sys.stderr, flush=True)
                 return entry["result"]
+    if not compile_missing:
+        return {"missing": True}
     result = run_spec_worker(__file__, spec, label)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -92,20 +95,26 @@ def plan_one(model: str, program: str, mesh: str, args) -> dict:
                 full_compile=args.full_compile)  # fmt: skip
     label = f"{model} {program} {mesh}"
     units = args.batch or 1
-    row = run(dict(base, batch=units * unit), f"{label} batch {units * unit}", args.cache)
+    compile_missing = not args.cached_only
+    row = run(dict(base, batch=units * unit), f"{label} batch {units * unit}", args.cache,
+              compile_missing)  # fmt: skip
     row.update(model=model, program=program, mesh=mesh, batch=units * unit, unit=unit)
-    if row.get("killed") or args.search == "none":
+    if row.get("killed") or row.get("missing") or args.search == "none":
         return row
 
     def total(n: int) -> float:  # memory per device at n batch units (inf: killed)
         spec = dict(base, batch=n * unit, memory_only=True)
-        got = run(spec, f"{label} batch {n * unit}", args.cache)
+        got = run(spec, f"{label} batch {n * unit}", args.cache, compile_missing)
+        if got.get("missing"):
+            return math.nan
         return math.inf if got.get("killed") else got["total"]
 
     capacities = {chip: gib * GiB * args.headroom for chip, gib in CHIPS.items()}
     if args.search == "fit":
         far = FIT_STRIDE * units
         per_unit = (total(far) - row["total"]) / (far - units)
+        if math.isnan(per_unit):  # --cached-only, the second compile not cached
+            return row
         row["per_unit"] = per_unit
         found = {
             chip: largest_units(row["total"], units, per_unit, cap, args.max_units)
@@ -188,8 +197,9 @@ def report(rows: list[dict], args) -> None:
     memory_rows, comm_rows, fit_rows = [], [], []
     for row in rows:
         name = [row["model"], row["program"], row["mesh"], row["batch"]]
-        if row.get("killed"):
-            memory_rows.append([*name, "compile killed (out of memory)"] + [""] * 7)
+        if row.get("killed") or row.get("missing"):
+            why = "compile killed (out of memory)" if row.get("killed") else "not compiled"
+            memory_rows.append([*name, why] + [""] * 7)
             continue
         memory_rows.append([
             *name, per_device(row, models, row["mesh"]), gb(row["argument"]),
@@ -238,7 +248,7 @@ def report(rows: list[dict], args) -> None:
     excess = [
         f"{row['model']} {row['program']}: {kind} {_ratio(m, row['minimum'][kind])}"
         for row in rows
-        if not row.get("killed")
+        if not row.get("killed") and not row.get("missing")
         for kind, m in _measured(row).items()
         if m > 1.5 * row["minimum"][kind] + 16 * 2**20
     ]
@@ -325,6 +335,10 @@ def main(argv=None) -> None:
         "--cache", type=Path,
         help="JSON-lines file of compiled results: read before compiling, appended after each "
         "compile (e.g. runs/plan/cache.jsonl: a rerun resumes an interrupted table)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cached-only", action="store_true",
+        help="compile nothing: report what --cache holds (the rest: 'not compiled')",
     )  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
