@@ -40,6 +40,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))
 
 CHIPS = {"v5e": 16, "H100": 80, "v5p": 95}  # GiB of device memory
+PROGRAMS = ("sample", "train", "lora", "dpo")  # benchmarks/plan_programs.py builds them
 IMAGE_MESH = "data:16,fsdp:4"
 VIDEO_MESH = "data:8,fsdp:4,frames:2"
 DEFAULT_MODELS = ("sd15", "sdxl", "i2v", "v2v")
@@ -208,11 +209,7 @@ def report(rows: list[dict], args) -> None:
         ])  # fmt: skip
         kinds = row["collectives"]
         minimum = row["minimum"]
-        measured = {
-            "gather": kinds["all-gather"]["bytes"],
-            "grads": kinds["reduce-scatter"]["bytes"] + kinds["all-reduce"]["bytes"],
-            "frames": kinds["all-to-all"]["bytes"],
-        }
+        measured = _measured(row)
         total = sum(k["bytes"] for k in kinds.values())
         least = sum(minimum.values())
         comm_rows.append([
@@ -289,8 +286,8 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--models", nargs="+", help=f"default {' '.join(DEFAULT_MODELS)}")
     parser.add_argument(
-        "--programs", nargs="+", default=["sample", "train", "lora", "dpo"],
-        choices=["sample", "train", "lora", "dpo"], help="default all four",
+        "--programs", nargs="+", default=list(PROGRAMS), choices=PROGRAMS,
+        help="default all four",
     )  # fmt: skip
     parser.add_argument(
         "--devices", type=int,

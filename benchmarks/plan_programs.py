@@ -30,8 +30,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/
 
-PROGRAMS = ("sample", "train", "lora", "dpo")
-
 SD15_UNET = {
     "_class_name": "UNet2DConditionModel",
     "block_out_channels": [320, 640, 1280, 1280],

@@ -133,17 +133,18 @@ def side_path_leaves(params: Mapping, multiplier: float) -> dict:
     with the factors before gradients are summed, so the full kernel's gradient never crosses
     devices); each adapted convolution kernel fused in fp32 as `fuse_lora_leaves` does."""
     flat = traverse_util.flatten_dict(dict(params))
-    convolutions = {
-        p[:-1]: (v, flat[(*p[:-1], UP)])
-        for p, v in flat.items()
-        if p[-1] == DOWN and flat[(*p[:-1], "kernel")].ndim == 4
-    }
-    out = {p: v for p, v in flat.items() if p[:-1] not in convolutions or p[-1] not in (DOWN, UP)}
-    for module, (down, up) in convolutions.items():
-        w = out[(*module, "kernel")]
+    out = dict(flat)
+    for path, down in flat.items():
+        if path[-1] != DOWN:
+            continue
+        module = path[:-1]
+        w = flat[(*module, "kernel")]
+        if w.ndim == 2:
+            out[(*module, SCALE)] = jnp.float32(multiplier)
+            continue
+        up = out.pop((*module, UP))
+        del out[path]
         out[(*module, "kernel")] = w.astype(jnp.float32) + lora_delta(down, up, multiplier)
-    for path in [p for p in out if p[-1] == DOWN]:
-        out[(*path[:-1], SCALE)] = jnp.float32(multiplier)
     return traverse_util.unflatten_dict(out)
 
 
