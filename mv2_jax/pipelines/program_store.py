@@ -10,7 +10,8 @@ arguments. A program is stored under a digest of everything that shapes it: the 
 every model's configuration (`repr` of the linen modules), the `Program`, the arguments' shapes
 and dtypes, the source of the code that traces it (`code_digest`) and the jax / mv2-jax versions
 and backend — a change in any stores a new one.
-Programs that report progress (host callbacks) or run on a mesh are not stored.
+Programs that report progress (host callbacks) or run on a mesh are not stored. A program not in
+the folder is looked for among those shipped with the package (`mv2_jax.traced_ahead`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from jax import export
 
 import mv2_jax
 from mv2_jax.code_digest import source_digest
+from mv2_jax.traced_ahead import PROGRAMS
 from mv2_jax.weights.new_folder import write_file_atomically
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,11 @@ class ProgramStore:
     def jitted(self, name: str, parts: tuple, trace: Callable, args: tuple) -> Callable:
         """`jax.jit` of the stored program `digest(name, parts, args)`; exported from
         `jax.jit(trace)` at `args`' shapes and stored first when there is none."""
-        path = self.folder / f"{digest(name, parts, args)}.jaxexport"
+        file = f"{digest(name, parts, args)}.jaxexport"
+        path = self.folder / file
         exported = self._read(path)
+        if exported is None:  # the README command's programs ship with the package
+            exported = self._read(PROGRAMS / file)
         if exported is None:
             exported = export.export(jax.jit(trace))(*_specs(args))
             write_file_atomically(path, exported.serialize())

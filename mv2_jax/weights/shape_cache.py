@@ -3,7 +3,8 @@
 model. With a cache folder set (`use_shape_cache`; the command lines set one beside the
 compilation cache), the tree is stored as JSON under a digest of the model's class and
 configuration (`repr` of the linen module, dtypes included), the flax and jax versions and the
-source of `mv2_jax/models/`, and read back instead of traced. Library code sets no folder.
+source of `mv2_jax/models/`, and read back instead of traced; a tree not in the folder is looked
+for among those shipped with the package (`mv2_jax.traced_ahead`). Library code sets no folder.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from mv2_jax.code_digest import source_digest
+from mv2_jax.traced_ahead import SHAPES
 from mv2_jax.weights.new_folder import write_file_atomically
 
 _folder: Path | None = None
@@ -39,12 +41,14 @@ def cached_shapes(module, trace: Callable[[], dict]) -> dict:
     """`trace()` (the param tree of `module` as `jax.ShapeDtypeStruct`s), or its stored copy."""
     if _folder is None:
         return trace()
-    path = _folder / f"{_digest(module)}.json"
-    try:
-        return _unflatten(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError, KeyError):
-        shapes = trace()
-    _write(path, json.dumps(_flatten(shapes)))
+    file = f"{_digest(module)}.json"
+    for path in (_folder / file, SHAPES / file):  # the shipped models' shapes ship too
+        try:
+            return _unflatten(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+    shapes = trace()
+    _write(_folder / file, json.dumps(_flatten(shapes)))
     return shapes
 
 

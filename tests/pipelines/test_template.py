@@ -11,6 +11,7 @@ import pytest
 
 import mv2_jax
 from mv2_jax.commands.common import program_caches
+from mv2_jax.pipelines import program_store
 from mv2_jax.pipelines.program_store import ProgramStore, default_program_store
 from mv2_jax.pipelines.shipped import shipped_model
 from mv2_jax.weights import shape_cache
@@ -89,7 +90,8 @@ def test_nothing_of_a_call_stays_on_the_pipeline():
     assert {k for k in after if after[k] is not before[k]} == {"trace_count"}
 
 
-def test_a_stored_program_runs_again_without_tracing(tmp_path, caplog):
+def test_a_stored_program_runs_again_without_tracing(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(program_store, "PROGRAMS", tmp_path / "shipped")  # none shipped
     store = ProgramStore(tmp_path)
     call = dict(CALLS["t2i"][0], num_inference_steps=2)
     first = dataclasses.replace(_pipeline("t2i"), program_store=store)
@@ -103,6 +105,22 @@ def test_a_stored_program_runs_again_without_tracing(tmp_path, caplog):
     third = dataclasses.replace(_pipeline("t2i"), program_store=store)
     np.testing.assert_array_equal(third(**call), expected)
     assert third.trace_count == 1 and "unreadable stored program" in caplog.text
+
+
+def test_shipped_programs_stand_in_for_a_missing_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(program_store, "PROGRAMS", tmp_path / "shipped")
+    call = dict(CALLS["t2i"][0], num_inference_steps=2)
+
+    def stored_in(folder):
+        return dataclasses.replace(_pipeline("t2i"), program_store=ProgramStore(folder))
+
+    expected = stored_in(tmp_path / "shipped")(**call)  # as `python -m mv2_jax.traced_ahead`
+    user = stored_in(tmp_path / "user")
+    np.testing.assert_array_equal(user(**call), expected)
+    assert user.trace_count == 0 and not (tmp_path / "user").exists()  # read, not traced
+    other = stored_in(tmp_path / "user")
+    other(**dict(call, height=48))  # another shape: none shipped, traced and stored
+    assert other.trace_count == 1 and len(list((tmp_path / "user").glob("*.jaxexport"))) == 1
 
 
 def test_a_command_puts_the_program_caches_back(tmp_path):
