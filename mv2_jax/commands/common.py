@@ -225,10 +225,12 @@ def default_compilation_cache() -> Path:
     return Path(root) / "mv2_jax" / "xla"
 
 
-def use_compilation_cache(folder: str | None, min_compile_seconds: float = 0.5) -> None:
+def use_compilation_cache(folder: str | None, min_compile_seconds: float = 0.0) -> None:
     """jax's persistent compilation cache in `folder` (None or 'none': off), for every program
     that took ≥ `min_compile_seconds` to compile. Once per process: jax reads it at the first
-    compile."""
+    compile. Every program by default: a run makes dozens of small ones (each LoRA param's
+    merge, the interpolator's stages; 10–50 ms of XLA each) and reading them back is cheaper
+    (the shipped I2V LoRA's load: 0.9 → 0.3 s warm, benchmarks/first_run.py)."""
     import jax
 
     if not folder or folder.lower() == "none":
