@@ -11,6 +11,7 @@ Without the `shard_map` (the kernel called as on one device), measured on jax 0.
 """
 
 import logging
+import re
 
 import jax
 import numpy as np
@@ -154,17 +155,52 @@ def test_splash_gradients_on_a_mesh():
 
 
 def test_splash_uneven_batch_left_whole_once_logged(caplog, kernel_heads):
-    """A batch of 3 on data:2 stays whole along `data` (one warning for every shape), the
-    heads still split over `tensor`; nothing is gathered, the numbers are the XLA form's."""
+    """A batch of 3 on data:2 stays whole along `data` where the heads (2, split over
+    `tensor`) cannot take it either (one warning for every shape); nothing is gathered, the
+    numbers are the XLA form's."""
     mesh = make_mesh("data:2,tensor:2", jax.devices()[:4])
     spec = PartitionSpec(None, None, "tensor")
     with caplog.at_level(logging.WARNING, logger=kernels.__name__):
         for lq in (200, 60):
-            qkv, kw = _call(batch=3, heads=4, lq=lq)
+            qkv, kw = _call(batch=3, heads=2, lq=lq)
             out, hlo = _compiled_on(mesh, spec, qkv, kw)
             expected = dot_product_attention(*qkv, implementation="xla", **kw)
             assert relative_error(out, expected) <= FP32_TOLERANCE
             assert "all-gather(" not in hlo
     [message] = [record.getMessage() for record in caplog.records]
     assert "splash attention" in message and "data=2" in message and "video_rows=3" in message
-    assert set(kernel_heads) == {2}
+    assert set(kernel_heads) == {1}
+
+
+def test_splash_rows_an_axis_does_not_divide_split_the_heads(caplog, kernel_heads):
+    """Rows that `data` divides but `data` × `frames` does not (the 9×9 level of a 576² video's
+    temporal attention: 2,592 rows on data:8 × fsdp:4 × frames:2) put `frames` on the heads:
+    each device runs a quarter of the work, and the backward pass sums nothing over `frames`
+    (left unused, the kernel ran twice over and its input gradients were all-reduced)."""
+    mesh = make_mesh("data:2,frames:2", jax.devices()[:4])
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    qkv, kw = _call(batch=2, heads=4, lq=64, lk=64)
+
+    def loss(implementation, q, k, v):
+        out = dot_product_attention(q, k, v, implementation=implementation, **kw)
+        return (out * np.cos(np.arange(32, dtype=np.float32))).sum()
+
+    expected = jax.grad(loss, argnums=(1, 2, 3))("xla", *qkv)
+    grad = jax.jit(
+        jax.grad(loss, argnums=(1, 2, 3)), static_argnums=0, in_shardings=(sharding,) * 3
+    )
+    warnings = caplog.at_level(logging.WARNING, logger=kernels.__name__)
+    with warnings, interpret_mode(), jax.set_mesh(mesh):
+        hlo = grad.lower("splash", *qkv).compile().as_text()
+        grads = grad("splash", *qkv)
+    for got, want in zip(grads, expected, strict=True):
+        assert relative_error(got, want) <= FP32_TOLERANCE
+    assert set(kernel_heads) == {2} and not caplog.records
+    assert not _summing_groups(hlo), "gradients summed over devices"
+
+
+def _summing_groups(hlo: str) -> list[str]:
+    """The replica groups of the all-reduces in `hlo` that sum over more than one device (the
+    transposed `shard_map` keeps a psum over groups of one device, which moves nothing)."""
+    groups = re.findall(r"all-reduce\(.*?replica_groups=\{(\{[^=]*?\})\}", hlo)
+    return [g for g in groups if any("," in group for group in re.findall(r"\{[^{}]*\}", g))]
