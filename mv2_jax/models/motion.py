@@ -111,6 +111,11 @@ class AnimateDiffTransformer3D(nn.Module):
         batch = n // frames
         h = x.reshape(batch, frames, height, width, channels)
         h = group_norm(self.norm_num_groups, 1e-6, name="norm", **kw)(h)
+        # Still frames split after the norm, so that the swap below moves its output in the
+        # compute dtype: unconstrained, the partitioner swapped the fp32 normalised values
+        # before their cast (forward) and their gradient (backward), twice the bytes in bf16.
+        h = constrain(h.reshape(n, height, width, channels), ("video_rows",))
+        h = h.reshape(batch, frames, height, width, channels)
         h = h.transpose(0, 2, 3, 1, 4).reshape(batch * height * width, frames, channels)
         h = constrain(h, ("video_rows",))  # frames gathered, pixels split (an all-to-all)
         inner = self.num_attention_heads * self.attention_head_dim

@@ -1,12 +1,16 @@
 """Frame (sequence) parallelism of the video UNet on 8 simulated CPU devices: with the video's
 frames split over the mesh's `frames` axis, the result equals one device's, every device does
-its share of the work, and temporal attention swaps frames for pixels (all-to-all)."""
+its share of the work, and temporal attention swaps frames for pixels (all-to-all), in the
+compute dtype."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
-from mv2_jax.models.motion import UNetMotionModel
+from mv2_jax.models.motion import AnimateDiffTransformer3D, UNetMotionModel
 from mv2_jax.parallel import batch_sharding, make_mesh, module_shardings
+from mv2_jax.parallel.collectives import collectives
 from tests.reference import relative_error
 
 UNET = UNetMotionModel(
@@ -62,3 +66,29 @@ def test_frames_split_over_the_mesh_match_one_device():
     flops = single.cost_analysis()["flops"] / compiled.cost_analysis()["flops"]
     assert flops >= 7.5, flops
     assert "all-to-all" in compiled.as_text()
+
+
+def test_a_bf16_training_step_swaps_frames_and_pixels_in_bf16(tmp_path):
+    """The motion module's frames ↔ pixels swaps (all-to-all, forward and backward) move the
+    compute dtype: unconstrained after its GroupNorm, the partitioner swapped the fp32
+    normalised values and their gradient instead (benchmarks/plan.py's video rows, issue 23).
+    Read from the module right after SPMD partitioning: XLA:CPU widens bf16 collectives to
+    f32 later, GPU and TPU do not."""
+    module = AnimateDiffTransformer3D(
+        num_attention_heads=2, attention_head_dim=32, num_frames=8, dtype=jnp.bfloat16
+    )
+    x = jnp.ones((4 * 8, 8, 8, 64), jnp.bfloat16)  # [B·F, H, W, C]
+    params = jax.jit(module.init)(jax.random.key(0), x)
+    mesh = make_mesh("data:2,fsdp:2,frames:2")
+
+    def loss(p, x):
+        return module.apply(p, x).astype(jnp.float32).sum()
+
+    rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp", "frames")))
+    step = jax.jit(jax.grad(loss), in_shardings=(None, rows))
+    dump = {"xla_dump_to": str(tmp_path), "xla_dump_hlo_pass_re": "spmd-partitioning"}
+    with jax.set_mesh(mesh):
+        step.lower(params, x).compile(dump)
+    [partitioned] = tmp_path.glob("*jit_loss*after_spmd-partitioning*.txt")
+    swaps = [op.shape for op in collectives(partitioned.read_text()) if op.kind == "all-to-all"]
+    assert len(swaps) >= 3 and all(shape.startswith("bf16[") for shape in swaps), swaps
