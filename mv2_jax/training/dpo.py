@@ -78,6 +78,15 @@ def per_example_mse(prediction: jax.Array, target: jax.Array) -> jax.Array:
     return err.reshape(err.shape[0], -1).mean(axis=1)
 
 
+def pairs(chosen: jax.Array, rejected: jax.Array) -> jax.Array:
+    """`[B,…]` and `[B,…]` → `[2B,…]`, each pair's samples beside each other (chosen₀,
+    rejected₀, chosen₁, …): with the batch split over devices, each device's pairs stay on it.
+    Concatenating the sides instead (all chosen, then all rejected) moved the latents across
+    the mesh, an all-reduce of the whole batch's latents (160 MiB a step for the paper-size I2V
+    on 64 devices; benchmarks/plan.py, issue 23)."""
+    return jnp.stack([chosen, rejected], axis=1).reshape(-1, *chosen.shape[1:])
+
+
 def diffusion_dpo_loss(
     policy_errors: jax.Array,
     reference_errors: jax.Array,
@@ -85,15 +94,15 @@ def diffusion_dpo_loss(
     settings: DpoSettings,
 ) -> tuple[jax.Array, dict]:
     """(loss, metrics) of eq. 14 from the per-example denoising errors `[2B]` of the policy and
-    the reference (chosen samples first, then the rejected ones in the same order) and the
-    pairs' weights `[B]`.
+    the reference, pair by pair as `pairs` lays them out (chosen₀, rejected₀, chosen₁, …), and
+    the pairs' weights `[B]`.
 
     `reward_margin` is the implicit reward of the chosen sample minus the rejected one's
     (the logit inside σ); `implicit_accuracy` the fraction of pairs where it is > 0, i.e. where
     the policy's chosen-vs-rejected margin beats the reference's (0 at step 0, where they tie).
     """
-    policy_w, policy_l = jnp.split(policy_errors, 2)
-    reference_w, reference_l = jnp.split(reference_errors, 2)
+    policy_w, policy_l = policy_errors[0::2], policy_errors[1::2]
+    reference_w, reference_l = reference_errors[0::2], reference_errors[1::2]
     scale = 0.5 * settings.beta
     reward_w = -scale * (policy_w - reference_w)
     reward_l = -scale * (policy_l - reference_l)
@@ -252,10 +261,10 @@ class PreferenceStage(TunedModelStage):
         timesteps = losses.per_example_timesteps(k_time, alphas_cumprod.shape[0])
         noise = losses.per_example_noise(k_noise, chosen.shape[1:], model.diffusion.offset_noise)
 
-        def twice(x):
-            return None if x is None else jnp.concatenate([x, x])
+        def twice(x):  # one copy for each sample of a pair, beside each other
+            return None if x is None else jnp.repeat(x, 2, axis=0)
 
-        latents = jnp.concatenate([chosen, rejected])
+        latents = pairs(chosen, rejected)
         timesteps = twice(timesteps)
         noisy, target = losses.noisy_and_target(
             latents, twice(noise), timesteps, alphas_cumprod, model.prediction_type

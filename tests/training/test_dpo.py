@@ -137,6 +137,24 @@ def test_loss_matches_a_torch_transcription_of_eq_14(torch_models):
     assert float(metrics["implicit_accuracy"]) == float((inside > 0).float().mean())
 
 
+def test_pairs_stay_on_their_devices():
+    """The pairs' samples side by side: each device's pairs stay on it (no collective), and
+    the loss reads chosen and rejected back from that layout."""
+    mesh = make_mesh("data:4", jax.devices()[:4])
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    chosen, rejected = np.arange(2 * 8 * 6, dtype=np.float32).reshape(2, 8, 2, 3)
+    laid_out = jax.jit(dpo.pairs, in_shardings=(rows, rows), out_shardings=rows)
+    both = laid_out(chosen, rejected)
+    np.testing.assert_array_equal(both[0::2], chosen)
+    np.testing.assert_array_equal(both[1::2], rejected)
+    hlo = laid_out.lower(chosen, rejected).compile().as_text()
+    assert not [op for op in ("all-", "collective-permute") if op in hlo], "latents moved"
+    errors = dpo.pairs(jnp.array([0.1, 0.2]), jnp.array([0.5, 0.7]))  # chosen lower: margin > 0
+    _, metrics = dpo.diffusion_dpo_loss(errors, errors + 0.1 * jnp.array([1, 0, 1, 0]),
+                                        jnp.ones(2), dpo.DpoSettings(100.0, 0.0))  # fmt: skip
+    assert float(metrics["implicit_accuracy"]) == 1.0
+
+
 def test_the_loss_at_the_reference_is_log_2():
     """policy = reference: every margin is 0, so the loss is log 2 per unit weight."""
     errors = jnp.array([0.3, 0.2, 0.5, 0.1])
