@@ -315,8 +315,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--attention",
         default="splash",
-        choices=["splash", "chunked", "xla"],
-        help="attention on CPU (splash: the TPU kernel in Pallas interpret mode)",
+        choices=["splash", "auto:tpu", "chunked", "xla"],
+        help="attention on CPU (splash: the TPU kernel in Pallas interpret mode, every layer; "
+        "auto:tpu: what 'auto' picks on a TPU, splash for long sequences only)",
     )
     parser.add_argument("--lora-rank", type=int, default=32, help="the lora program's rank")
     parser.add_argument(

@@ -104,7 +104,7 @@ def worker(spec: dict, dump_dir: str) -> None:
     with open(log, "wb") as file:  # XLA's C++ warnings too
         os.dup2(file.fileno(), 2)
         try:
-            with jax.set_mesh(mesh), interpret_mode(spec["attention"] == "splash"):
+            with jax.set_mesh(mesh), interpret_mode(spec["attention"] in ("splash", "auto:tpu")):
                 compiled = jitted.lower(*args).compile()
         finally:
             os.dup2(saved, 2)

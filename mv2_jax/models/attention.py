@@ -28,7 +28,9 @@ import jax.numpy as jnp
 from mv2_jax.models.attention_kernels import KERNELS, warn_fallback
 from mv2_jax.models.layers import dense, group_norm
 
-IMPLEMENTATIONS = ("auto", "xla", "cudnn", "chunked", "splash")
+# "auto:tpu": the choice "auto" makes on a TPU, on any backend (a CPU plan of a TPU run,
+# benchmarks/plan.py: splash for long sequences only, as there).
+IMPLEMENTATIONS = ("auto", "auto:tpu", "xla", "cudnn", "chunked", "splash")
 # Above this many score entries per (batch, head) the XLA forms switch to the chunked one.
 _AUTO_CHUNK_THRESHOLD = 512 * 512
 # Small blocks keep the scores in cache on CPU (measured in benchmarks/unet_step.py).
@@ -60,8 +62,9 @@ def dot_product_attention(
         )
     with jax.named_scope("dot_product_attention"):  # names these ops in profiles
         scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-        if implementation == "auto":
-            implementation = _auto(query, key, mask, is_causal)
+        if implementation in ("auto", "auto:tpu"):
+            backend = "tpu" if implementation == "auto:tpu" else jax.default_backend()
+            implementation = _auto(query, key, mask, is_causal, backend)
         if key_bias is not None:
             key_bias = jnp.asarray(key_bias, jnp.float32)
             if key_bias.shape != (key.shape[1],):
@@ -94,8 +97,7 @@ def dot_product_attention(
         return _materialised(query, key, value, scale, mask, key_bias)
 
 
-def _auto(query, key, mask, is_causal) -> str:
-    backend = jax.default_backend()
+def _auto(query, key, mask, is_causal, backend: str) -> str:
     if backend == "gpu":
         return "cudnn"
     # Splash pads to 128-token blocks: short sequences (16-frame temporal attention, CLIP's 77

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mv2_jax.models import attention
 from mv2_jax.models.attention import dot_product_attention
 from tests.reference import relative_error
 
@@ -84,6 +85,36 @@ def test_bf16_inputs_keep_fp32_softmax():
     assert out.dtype == jnp.bfloat16
     # measured 6.0e-3: bf16 rounding of inputs and output only
     assert relative_error(np.asarray(out, np.float32), _reference(q, k, v)) <= 1e-2
+
+
+def test_auto_tpu_picks_as_auto_does_on_a_tpu(monkeypatch):
+    """ "auto:tpu" (a CPU plan of a TPU run): splash only where a TPU's "auto" takes it, the long
+    sequences; temporal attention's 32 frames and CLIP's 77 tokens run materialised."""
+    chosen = []
+    real = attention._materialised
+    monkeypatch.setattr(
+        attention, "_materialised", lambda *a, **k: chosen.append("xla") or real(*a, **k)
+    )
+    monkeypatch.setattr(attention, "KERNELS", {"splash": _Recording(chosen, real)})
+    for lq, lk in ((32, 32), (300, 77), (1024, 1024)):
+        q, k, v = _qkv(lq, lk, heads=1)
+        out = dot_product_attention(q, k, v, implementation="auto:tpu")
+        assert relative_error(out, _reference(q, k, v)) <= 1e-5
+    assert chosen == ["xla", "xla", "splash"]
+
+
+class _Recording:
+    """A stand-in kernel that records its use and computes the plain form."""
+
+    def __init__(self, chosen, materialised):
+        self.chosen, self.materialised = chosen, materialised
+
+    def unsupported(self, *args):
+        return None
+
+    def attend(self, q, k, v, *, mask, key_bias, is_causal, scale):
+        self.chosen.append("splash")
+        return self.materialised(q, k, v, scale, mask, key_bias)
 
 
 def test_unknown_implementation_is_rejected():
