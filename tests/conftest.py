@@ -9,6 +9,7 @@ import ctypes
 import gc
 import os
 import platform
+import tempfile
 
 import pytest
 
@@ -17,6 +18,10 @@ if os.environ.get("MV2_TEST_XLA_OPT") != "1":
     _flags += " --xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + _flags).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Commands run in-process keep their compilation cache in $XDG_CACHE_HOME/mv2_jax/xla by
+# default: a fresh folder for each test session, never the user's cache (a program found there
+# from an earlier session is not compiled, so a test that reads XLA's dumps found none).
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="mv2-test-cache-")
 
 import jax  # noqa: E402  (XLA_FLAGS must be set before jax initialises)
 
