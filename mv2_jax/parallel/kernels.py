@@ -73,38 +73,35 @@ def _spec(
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or AxisType.Manual in tuple(mesh.axis_types):
         return None
-    spec = _placed_leftovers(mesh_spec(logical, shape, mesh, rules), shape, logical, mesh, rules)
     table = rule_table(rules)
-    wanted = {axis for dim in logical for axis in table.get(dim, ()) if mesh.shape[axis] > 1}
+    wanted = [axis for dim in logical for axis in table.get(dim, ()) if mesh.shape[axis] > 1]
+    spec = _placed_leftovers(mesh_spec(logical, shape, mesh, rules), shape, len(logical), wanted)
     used = {axis for entry in spec for axis in _axes(entry)}
-    if wanted - used:
-        axes = ", ".join(f"{axis}={mesh.shape[axis]}" for axis in sorted(wanted - used))
+    if set(wanted) - used:
+        axes = ", ".join(f"{axis}={mesh.shape[axis]}" for axis in sorted(set(wanted) - used))
         dims = ", ".join(f"{dim}={size}" for dim, size in zip(logical, shape, strict=False))
         warn_unsplit(name, axes, dims)
     return spec if used else None
 
 
 def _placed_leftovers(
-    spec: PartitionSpec, shape: Sequence[int], logical: Sequence[str], mesh, rules: Rules
+    spec: PartitionSpec, shape: Sequence[int], leading: int, wanted: Sequence[str]
 ) -> PartitionSpec:
-    """`spec` with each wanted axis that its own dim could not take put on another leading dim
-    that it divides: the kernel treats its leading dims alike, so any of them may carry any
-    axis. E.g. the 9×9 level of a 576² video's temporal attention has 32 × 81 = 2,592 rows,
-    which data:8 × fsdp:4 divide but × frames:2 does not: the heads (8) take `frames`, where
-    leaving it unused ran the kernel twice over and summed its gradients over `frames`
-    (benchmarks/plan.py, issue 23)."""
+    """`spec` with each `wanted` axis that its own dim could not take put on another of the
+    `leading` dims that it divides: the kernel treats its leading dims alike, so any of them
+    may carry any axis. E.g. the 9×9 level of a 576² video's temporal attention has 32 × 81 =
+    2,592 rows, which data:8 × fsdp:4 divide but × frames:2 does not: the heads (8) take
+    `frames`, where leaving it unused ran the kernel twice over and summed its gradients over
+    `frames` (benchmarks/plan.py, issue 23)."""
+    mesh = jax.sharding.get_abstract_mesh()
     entries = [list(_axes(entry)) for entry in spec]
-    entries += [[] for _ in range(len(logical) - len(entries))]
-    table = rule_table(rules)
-    used = {axis for entry in entries for axis in entry}
-    for axis in (axis for dim in logical for axis in table.get(dim, ())):
-        if axis in used or mesh.shape[axis] == 1:
+    entries += [[] for _ in range(leading - len(entries))]
+    for axis in wanted:
+        if any(axis in entry for entry in entries):
             continue
         for dim, entry in enumerate(entries):
-            split = math.prod(mesh.shape[a] for a in entry) * mesh.shape[axis]
-            if shape[dim] % split == 0:
+            if shape[dim] % (math.prod(mesh.shape[a] for a in entry) * mesh.shape[axis]) == 0:
                 entry.append(axis)
-                used.add(axis)
                 break
     return PartitionSpec(*[None if not e else e[0] if len(e) == 1 else tuple(e) for e in entries])
 

@@ -61,6 +61,19 @@ def _call(batch, heads, lq=200, lk=150, seed=0):
     return (q, k, v), dict(key_bias=key_bias, mask=mask)
 
 
+def _gradients(qkv, kw, sharding):
+    """The XLA form's q/k/v gradients of a weighted sum of the attention's output, and the
+    jitted gradient function (implementation static) with its inputs split by `sharding`."""
+
+    def loss(implementation, q, k, v):
+        out = dot_product_attention(q, k, v, implementation=implementation, **kw)
+        return (out * np.cos(np.arange(32, dtype=np.float32))).sum()
+
+    grad = jax.grad(loss, argnums=(1, 2, 3))
+    expected = grad("xla", *qkv)
+    return expected, jax.jit(grad, static_argnums=0, in_shardings=(sharding,) * 3)
+
+
 def _compiled_on(mesh, spec, qkv, kw):
     """The splash call jitted with inputs and output sharded by `spec`, on `mesh`: its output
     and compiled HLO text."""
@@ -140,14 +153,7 @@ def test_splash_gradients_on_a_mesh():
     sharding = NamedSharding(mesh, PartitionSpec("data", None, "tensor"))
     qkv, kw = _call(batch=2, heads=2, lq=100, lk=100)
 
-    def loss(implementation, q, k, v):
-        out = dot_product_attention(q, k, v, implementation=implementation, **kw)
-        return (out * np.cos(np.arange(32, dtype=np.float32))).sum()
-
-    expected = jax.grad(loss, argnums=(1, 2, 3))("xla", *qkv)
-    grad = jax.jit(
-        jax.grad(loss, argnums=(1, 2, 3)), static_argnums=0, in_shardings=(sharding,) * 3
-    )
+    expected, grad = _gradients(qkv, kw, sharding)
     with interpret_mode(), jax.set_mesh(mesh):
         grads = grad("splash", *qkv)
     for got, want in zip(grads, expected, strict=True):
@@ -181,14 +187,7 @@ def test_splash_rows_an_axis_does_not_divide_split_the_heads(caplog, kernel_head
     sharding = NamedSharding(mesh, PartitionSpec("data"))
     qkv, kw = _call(batch=2, heads=4, lq=64, lk=64)
 
-    def loss(implementation, q, k, v):
-        out = dot_product_attention(q, k, v, implementation=implementation, **kw)
-        return (out * np.cos(np.arange(32, dtype=np.float32))).sum()
-
-    expected = jax.grad(loss, argnums=(1, 2, 3))("xla", *qkv)
-    grad = jax.jit(
-        jax.grad(loss, argnums=(1, 2, 3)), static_argnums=0, in_shardings=(sharding,) * 3
-    )
+    expected, grad = _gradients(qkv, kw, sharding)
     warnings = caplog.at_level(logging.WARNING, logger=kernels.__name__)
     with warnings, interpret_mode(), jax.set_mesh(mesh):
         hlo = grad.lower("splash", *qkv).compile().as_text()
